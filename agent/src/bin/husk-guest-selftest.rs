@@ -1,0 +1,210 @@
+//! Guest self-test, run as /init (PID 1) in a husk guest.
+//!
+//! Proves that guest user space works: console writes, fork/wait, exec,
+//! pipes, a Unix socket pair, a vsock socket(2) call, the clock. Each step
+//! prints `selftest: <step> ok` (or `FAILED`), then `HUSK-SELFTEST-PASS` or
+//! `HUSK-SELFTEST-FAIL`, and the VM is ended with reboot(2).
+//!
+//! `husk-guest-selftest bench` instead prints timings of getpid and fork+wait,
+//! so the same binary measures the guest and the host.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("exec-child") => std::process::exit(42),
+        Some("bench") => {
+            bench();
+            return;
+        }
+        _ => {}
+    }
+    println!("selftest: started as pid {}", std::process::id());
+    let steps: &[(&str, fn() -> Result<(), String>)] = &[
+        ("fork-wait", fork_wait),
+        ("exec", exec),
+        ("pipe", pipe),
+        ("unix-socket", unix_socket),
+        ("vsock-socket", vsock_socket),
+        ("clock", clock),
+        ("signal", signal),
+    ];
+    let mut failed = 0;
+    for (name, step) in steps {
+        match step() {
+            Ok(()) => println!("selftest: {name} ok"),
+            Err(e) => {
+                failed += 1;
+                println!("selftest: {name} FAILED: {e}");
+            }
+        }
+    }
+    // The kernel passes unknown `key=value` command-line words to init's environment.
+    if std::env::var_os("husk_selftest_bench").is_some() {
+        bench();
+    }
+    println!(
+        "{}",
+        if failed == 0 {
+            "HUSK-SELFTEST-PASS"
+        } else {
+            "HUSK-SELFTEST-FAIL"
+        }
+    );
+    let _ = std::io::stdout().flush();
+    if std::process::id() == 1 {
+        // SAFETY: reboot(2) with a valid command; PID 1 ends the VM this way.
+        unsafe {
+            libc::sync();
+            libc::reboot(libc::RB_AUTOBOOT);
+        }
+    }
+}
+
+fn errno(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn fork_wait() -> Result<(), String> {
+    // SAFETY: the child only calls async-signal-safe _exit.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(errno("fork")),
+        0 => unsafe { libc::_exit(7) },
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child with a valid status pointer.
+            if unsafe { libc::waitpid(child, &mut status, 0) } != child {
+                return Err(errno("waitpid"));
+            }
+            match libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)) {
+                Some(7) => Ok(()),
+                other => Err(format!("child status {other:?}, raw {status:#x}")),
+            }
+        }
+    }
+}
+
+fn exec() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let status = std::process::Command::new(exe)
+        .arg("exec-child")
+        .status()
+        .map_err(|e| format!("spawn: {e}"))?;
+    match status.code() {
+        Some(42) => Ok(()),
+        other => Err(format!("exec'd child exited with {other:?}")),
+    }
+}
+
+fn pipe() -> Result<(), String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe(2) writes.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(errno("pipe"));
+    }
+    let msg = b"through a pipe";
+    // SAFETY: valid fds from pipe(2) and a valid buffer.
+    unsafe {
+        libc::write(fds[1], msg.as_ptr().cast(), msg.len());
+        let mut buf = [0u8; 32];
+        let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        if n != msg.len() as isize || &buf[..msg.len()] != msg {
+            return Err(format!("read {n} bytes back"));
+        }
+    }
+    Ok(())
+}
+
+fn unix_socket() -> Result<(), String> {
+    let (mut a, mut b) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    a.write_all(b"ping").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4];
+    b.read_exact(&mut buf).map_err(|e| e.to_string())?;
+    (&buf == b"ping")
+        .then_some(())
+        .ok_or_else(|| "wrong bytes".to_string())
+}
+
+fn vsock_socket() -> Result<(), String> {
+    // SAFETY: plain socket(2) call; the fd is closed right away.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(errno("socket(AF_VSOCK)"));
+    }
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn clock() -> Result<(), String> {
+    let start = Instant::now();
+    let wall = std::time::SystemTime::now();
+    // SAFETY: nanosleep with a valid timespec.
+    unsafe {
+        libc::nanosleep(
+            &libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            },
+            std::ptr::null_mut(),
+        )
+    };
+    let elapsed = start.elapsed();
+    if elapsed.as_millis() < 10 {
+        return Err(format!(
+            "monotonic clock advanced only {elapsed:?} over a 10 ms sleep"
+        ));
+    }
+    println!(
+        "selftest: clock: slept {elapsed:?}, wall clock {:?}",
+        wall.duration_since(std::time::UNIX_EPOCH)
+    );
+    Ok(())
+}
+
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn signal() -> Result<(), String> {
+    extern "C" fn on_usr1(_: libc::c_int) {
+        SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    // SAFETY: installing a handler that only stores to an atomic, then raising it.
+    unsafe {
+        libc::signal(
+            libc::SIGUSR1,
+            on_usr1 as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::raise(libc::SIGUSR1);
+    }
+    SIGNALLED
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .then_some(())
+        .ok_or_else(|| "handler did not run".into())
+}
+
+fn bench() {
+    const GETPIDS: u32 = 10_000;
+    const FORKS: u32 = 100;
+    let t = Instant::now();
+    for _ in 0..GETPIDS {
+        // SAFETY: getpid has no preconditions; the raw syscall avoids any libc caching.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+    let getpid = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..FORKS {
+        let _ = fork_wait();
+    }
+    let fork = t.elapsed();
+    println!(
+        "selftest-bench: getpid x{GETPIDS} = {} us, fork+wait x{FORKS} = {} us",
+        getpid.as_micros(),
+        fork.as_micros()
+    );
+}

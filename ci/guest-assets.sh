@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds (or reuses) everything a real-guest run needs and prints it as
+# KEY=VALUE lines on stdout:
+#   HUSK_KERNEL   the guest vmlinux (guest-kernel-config/build.sh, cached)
+#   HUSK_INITRD   an uncompressed initramfs with the guest self-test as /init
+#   HUSK_BUSYBOX_INITRD  the same plus busybox-static at /bin/busybox
+# Progress goes to stderr.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${HUSK_CACHE:-$HOME/.cache/husk}
+mkdir -p "$cache/initrd"
+
+kernel=$("$root/guest-kernel-config/build.sh" | tail -n1)
+
+echo "guest-assets: building the static guest self-test" >&2
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p husk-agent \
+  --target x86_64-unknown-linux-gnu --target-dir "$root/target/guest" \
+  --manifest-path "$root/Cargo.toml" >&2
+selftest="$root/target/guest/x86_64-unknown-linux-gnu/release/husk-guest-selftest"
+
+if [ ! -x /bin/busybox ]; then
+  echo "guest-assets: installing busybox-static" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; } >&2
+fi
+
+initrd="$cache/initrd/selftest.cpio"
+"$root/rootfs/build-initramfs.sh" "$initrd" "$selftest" >/dev/null
+bb_initrd="$cache/initrd/selftest-busybox.cpio"
+"$root/rootfs/build-initramfs.sh" "$bb_initrd" "$selftest" /bin/busybox:/bin/busybox >/dev/null
+
+echo "HUSK_KERNEL=$kernel"
+echo "HUSK_INITRD=$initrd"
+echo "HUSK_BUSYBOX_INITRD=$bb_initrd"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the host packages husk's build and tests need (idempotent).
+set -euo pipefail
+pkgs=(build-essential bc bison flex libelf-dev xz-utils cpio busybox-static)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is required (Rust stable)" >&2; exit 1; }

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: host packages, guest assets (kernel build is cached),
+# then every test of the workspace, including the real-guest tests on /dev/kvm.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/ci/setup.sh"
+eval "$("$root/ci/guest-assets.sh")"
+export HUSK_KERNEL HUSK_INITRD HUSK_BUSYBOX_INITRD
+cd "$root"
+cargo build --release --workspace
+cargo test --release --workspace -- --test-threads=2

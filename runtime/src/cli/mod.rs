@@ -1,0 +1,36 @@
+//! Command-line interface: `husk vm` and `husk bench`.
+
+mod bench;
+mod vm;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "husk",
+    version,
+    about = "husk: a secure container runtime with an in-process KVM VMM"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel in a VM and stream its console.
+    Vm(vm::VmArgs),
+    /// Measure husk.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Vm(args) => vm::run(args, started),
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}

@@ -1,0 +1,72 @@
+//! `husk vm`: boot a kernel with an initrd and stream the console.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use husk_vmm::{CompatMode, ConsoleTarget, Vm, VmConfig};
+
+use crate::size::parse_mem_size;
+
+#[derive(Args)]
+pub struct VmArgs {
+    /// Guest kernel: an ELF vmlinux (booted through PVH) or a bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk (newc cpio, optionally compressed).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Guest memory, e.g. 128M or 1G.
+    #[arg(long, default_value = "128M", value_parser = parse_mem_size)]
+    mem: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Kernel command line (replaces the default; compatibility flags are still appended).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Write the guest console to this file instead of stdout.
+    #[arg(long)]
+    console: Option<PathBuf>,
+    /// Host compatibility profile for software-KVM hosts: auto, on or off.
+    #[arg(long, default_value = "auto")]
+    compat: CompatMode,
+    /// Print a machine-readable timing line on stderr when the guest ends.
+    #[arg(long, hide = true)]
+    report_timing: bool,
+}
+
+impl VmArgs {
+    fn config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            mem_bytes: self.mem,
+            cpus: self.cpus,
+            cmdline: self.cmdline.clone(),
+            console: self
+                .console
+                .clone()
+                .map_or(ConsoleTarget::Stdout, ConsoleTarget::File),
+            compat: self.compat,
+        }
+    }
+}
+
+pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    let vm = Vm::new(&args.config()).context("cannot build the VM")?;
+    tracing::debug!(cmdline = vm.cmdline(), "booting");
+    let report = vm.run()?;
+    if args.report_timing {
+        if let Some(first) = report.first_entry {
+            eprintln!(
+                "husk-timing: first_guest_entry_us={}",
+                first.duration_since(started).as_micros()
+            );
+        }
+    }
+    tracing::info!(outcome = ?report.outcome, "guest ended");
+    Ok(ExitCode::SUCCESS)
+}

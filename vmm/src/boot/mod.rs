@@ -1,0 +1,6 @@
+//! Everything written into the guest before its first instruction.
+
+pub mod cpu_state;
+pub mod kernel;
+pub mod mptable;
+pub mod params;

@@ -1,0 +1,128 @@
+//! Reading guest memory the way a vCPU sees it: through its page tables.
+//!
+//! Used to fetch the instruction bytes at a vCPU's RIP when KVM gives up on
+//! emulating it, so the VMM can handle the instruction or at least say what
+//! it was. Every table read goes through vm-memory's checked accessors, so a
+//! hostile guest's tables can make a lookup fail but never read out of bounds.
+
+use kvm_bindings::kvm_sregs;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const CR0_PG: u64 = 1 << 31;
+const CR4_LA57: u64 = 1 << 12;
+const EFER_LMA: u64 = 1 << 10;
+const PTE_PRESENT: u64 = 1;
+const PTE_PAGE_SIZE: u64 = 1 << 7;
+const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Longest x86 instruction.
+pub const MAX_INSN_LEN: usize = 15;
+
+/// Translates a guest virtual address to a guest physical one.
+///
+/// Handles paging off and 4/5-level long-mode paging (with 1 GiB and 2 MiB
+/// pages); 32-bit paging is only used by guests before they reach long mode
+/// and is not walked (`None`).
+pub fn translate(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64) -> Option<u64> {
+    if sregs.cr0 & CR0_PG == 0 {
+        return Some(gva & 0xffff_ffff);
+    }
+    if sregs.efer & EFER_LMA == 0 {
+        return None;
+    }
+    let top_shift = if sregs.cr4 & CR4_LA57 != 0 { 48 } else { 39 };
+    let mut table = sregs.cr3 & PTE_ADDR_MASK;
+    let mut shift = top_shift;
+    loop {
+        let index = (gva >> shift) & 0x1ff;
+        let entry: u64 = mem.read_obj(GuestAddress(table + index * 8)).ok()?;
+        if entry & PTE_PRESENT == 0 {
+            return None;
+        }
+        let leaf = shift == 12 || ((shift == 21 || shift == 30) && entry & PTE_PAGE_SIZE != 0);
+        if leaf {
+            let page_mask = (1u64 << shift) - 1;
+            return Some((entry & PTE_ADDR_MASK & !page_mask) | (gva & page_mask));
+        }
+        table = entry & PTE_ADDR_MASK;
+        shift -= 9;
+    }
+}
+
+/// Reads up to `MAX_INSN_LEN` bytes at `rip` (stopping at the first unmapped byte).
+pub fn instruction_bytes(mem: &GuestMemoryMmap, sregs: &kvm_sregs, rip: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(MAX_INSN_LEN);
+    for i in 0..MAX_INSN_LEN as u64 {
+        let gva = sregs.cs.base.wrapping_add(rip).wrapping_add(i);
+        let Some(gpa) = translate(mem, sregs, gva) else {
+            break;
+        };
+        match mem.read_obj::<u8>(GuestAddress(gpa)) {
+            Ok(b) => bytes.push(b),
+            Err(_) => break,
+        }
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn long_mode(cr3: u64) -> kvm_sregs {
+        let mut s = kvm_sregs {
+            cr3,
+            efer: EFER_LMA,
+            ..Default::default()
+        };
+        s.cr0 = CR0_PG | 1;
+        s
+    }
+
+    #[test]
+    fn walks_4k_and_2m_pages_and_reads_across_them() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
+        // gva 0xffff_ffff_8000_0000 (PML4 511, PDPT 510) -> 2 MiB page at 0x40_0000,
+        // gva 0x1000 -> 4 KiB page at 0x80_0000.
+        let (pml4, pdpt, pd, pt, pdpt_low, pd_low) =
+            (0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000);
+        mem.write_obj(pdpt | 3u64, GuestAddress(pml4 + 511 * 8))
+            .unwrap();
+        mem.write_obj(pd | 3u64, GuestAddress(pdpt + 510 * 8))
+            .unwrap();
+        mem.write_obj(0x40_0000u64 | 0x83, GuestAddress(pd))
+            .unwrap();
+        mem.write_obj(pdpt_low | 3u64, GuestAddress(pml4)).unwrap();
+        mem.write_obj(pd_low | 3u64, GuestAddress(pdpt_low))
+            .unwrap();
+        mem.write_obj(pt | 3u64, GuestAddress(pd_low)).unwrap();
+        mem.write_obj(0x80_0000u64 | 3, GuestAddress(pt + 8))
+            .unwrap();
+        let s = long_mode(pml4);
+        assert_eq!(translate(&mem, &s, 0xffff_ffff_8000_1234), Some(0x40_1234));
+        assert_eq!(translate(&mem, &s, 0x1abc), Some(0x80_0abc));
+        assert_eq!(translate(&mem, &s, 0x2000), None, "unmapped page");
+
+        mem.write_slice(&[0xcc, 0x90], GuestAddress(0x80_0ffe))
+            .unwrap();
+        assert_eq!(
+            instruction_bytes(&mem, &s, 0x1ffe),
+            vec![0xcc, 0x90],
+            "stops at the unmapped page"
+        );
+    }
+
+    #[test]
+    fn hostile_tables_fail_cleanly() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        // PML4 entry pointing far outside guest memory.
+        mem.write_obj(0x000f_ffff_ffff_f003u64, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(translate(&mem, &long_mode(0x1000), 0x10), None);
+        assert_eq!(translate(&mem, &long_mode(0xffff_f000), 0x10), None);
+        let real = kvm_sregs {
+            cr0: 1,
+            ..Default::default()
+        };
+        assert_eq!(translate(&mem, &real, 0x1_0000_1234), Some(0x1234));
+    }
+}

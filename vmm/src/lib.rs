@@ -1,0 +1,20 @@
+//! husk's in-process KVM virtual machine monitor.
+//!
+//! `vm` ties the pieces together: `memory` (guest RAM), `boot` (kernel,
+//! initrd, boot parameters, MP table, initial CPU state), `kvm_setup` (VM and
+//! vCPU ioctls), `cpuid` and `compat` (what the guest CPU looks like, and the
+//! profile for software-KVM hosts), `vcpu` (run loop) and `guest_walk`
+//! (reading guest memory through the guest's page tables).
+
+pub mod boot;
+pub mod compat;
+pub mod cpuid;
+pub mod guest_walk;
+pub mod kvm_setup;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use compat::{CompatMode, CompatProfile, HostKvm};
+pub use vm::{ConsoleTarget, RunReport, Vm, VmConfig, VmError, VmOutcome};

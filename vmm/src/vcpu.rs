@@ -1,0 +1,196 @@
+//! One vCPU: its KVM fd, its run loop on its own thread, and exit handling.
+//!
+//! Port and MMIO exits go to the shared buses. Anything that ends the VM
+//! (triple fault, a system event, an instruction KVM cannot emulate) is sent
+//! to the VM's control thread as a `VcpuEvent`; the control thread then stops
+//! every vCPU by setting `stop` and kicking the threads out of KVM_RUN.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use husk_devices::bus::Bus;
+use kvm_bindings::{kvm_vcpu_events, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
+
+use crate::guest_walk;
+
+/// Signal used to kick vCPU threads out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+const BP_VECTOR: u8 = 3;
+const INT3_OPCODE: u8 = 0xcc;
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// Why a vCPU stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The guest asked for a reset (triple fault or system event).
+    Reset { cpu: u8 },
+    /// The guest powered off.
+    PowerOff { cpu: u8 },
+    /// The vCPU hit something the VMM cannot continue from.
+    Failed { cpu: u8, reason: String },
+    /// vCPU 0 is about to run its first guest instruction.
+    FirstEntry { at: Instant },
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub mem: GuestMemoryMmap,
+    pub emulate_int3: bool,
+    pub stop: Arc<AtomicBool>,
+    pub events: Sender<VcpuEvent>,
+}
+
+enum Step {
+    Continue,
+    Exit(VcpuEvent),
+}
+
+impl Vcpu {
+    /// Runs the guest until the VM stops or this vCPU hits a fatal exit.
+    pub fn run(mut self) {
+        if self.id == 0 {
+            let _ = self
+                .events
+                .send(VcpuEvent::FirstEntry { at: Instant::now() });
+        }
+        while !self.stop.load(Ordering::Acquire) {
+            match self.step() {
+                Step::Continue => {}
+                Step::Exit(event) => {
+                    let _ = self.events.send(event);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) -> Step {
+        let cpu = self.id;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            // Kicked by the control thread, or a spurious wake-up: check `stop`.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Step::Continue
+            }
+            Err(e) => {
+                return Step::Exit(VcpuEvent::Failed {
+                    cpu,
+                    reason: format!("KVM_RUN failed: {e}"),
+                })
+            }
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !self.pio.read(port as u64, data) {
+                    data.fill(0xff);
+                }
+            }
+            VcpuExit::IoOut(port, data) => {
+                self.pio.write(port as u64, data);
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !self.mmio.read(addr, data) {
+                    data.fill(0);
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                self.mmio.write(addr, data);
+            }
+            VcpuExit::Shutdown => return Step::Exit(VcpuEvent::Reset { cpu }),
+            VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => {
+                return Step::Exit(VcpuEvent::Reset { cpu })
+            }
+            VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
+                return Step::Exit(VcpuEvent::PowerOff { cpu })
+            }
+            VcpuExit::Hlt => return Step::Exit(VcpuEvent::PowerOff { cpu }),
+            VcpuExit::InternalError => {
+                return match self.handle_internal_error() {
+                    Ok(()) => Step::Continue,
+                    Err(reason) => Step::Exit(VcpuEvent::Failed { cpu, reason }),
+                }
+            }
+            VcpuExit::FailEntry(reason, _) => {
+                return Step::Exit(VcpuEvent::Failed {
+                    cpu,
+                    reason: format!("KVM could not enter the guest (hardware reason {reason:#x})"),
+                })
+            }
+            other => {
+                return Step::Exit(VcpuEvent::Failed {
+                    cpu,
+                    reason: format!("unexpected KVM exit {other:?}"),
+                })
+            }
+        }
+        Step::Continue
+    }
+
+    /// KVM could not emulate an instruction. `int3` is handled here (the host's
+    /// emulator refuses it in long mode) by delivering #BP as the CPU would;
+    /// anything else ends the VM with the instruction's address and bytes.
+    fn handle_internal_error(&mut self) -> Result<(), String> {
+        // SAFETY: KVM filled the `internal` member of the union for this exit.
+        let (suberror, ndata) = unsafe {
+            let internal = &self.fd.get_kvm_run().__bindgen_anon_1.internal;
+            (internal.suberror, internal.ndata)
+        };
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
+        let bytes = guest_walk::instruction_bytes(&self.mem, &sregs, regs.rip);
+        if suberror == KVM_INTERNAL_ERROR_EMULATION
+            && self.emulate_int3
+            && bytes.first() == Some(&INT3_OPCODE)
+        {
+            return self.inject_breakpoint(regs);
+        }
+        let shown: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Err(format!(
+            "KVM could not emulate the instruction at RIP {:#x} (CPL {}): bytes [{}] (internal error suberror {suberror}, {ndata} data words)",
+            regs.rip,
+            sregs.cs.dpl,
+            if shown.is_empty() { "unreadable".to_string() } else { shown.join(" ") },
+        ))
+    }
+
+    fn inject_breakpoint(&mut self, mut regs: kvm_bindings::kvm_regs) -> Result<(), String> {
+        // #BP is a trap: the handler sees RIP after the one-byte int3.
+        regs.rip += 1;
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;
+        let mut events: kvm_vcpu_events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| format!("KVM_GET_VCPU_EVENTS failed: {e}"))?;
+        events.exception.injected = 1;
+        events.exception.nr = BP_VECTOR;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(|e| format!("KVM_SET_VCPU_EVENTS failed: {e}"))?;
+        tracing::debug!(
+            cpu = self.id,
+            rip = format_args!("{:#x}", regs.rip - 1),
+            "delivered #BP for int3"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! A whole VM: KVM setup, guest memory, boot, devices, vCPU threads, lifecycle.
+//!
+//! `Vm::new` does everything up to the first instruction; `Vm::run` starts one
+//! thread per vCPU and blocks on the control loop until the guest resets,
+//! powers off or fails. Stopping is explicit: a `stop` flag plus a signal that
+//! kicks each vCPU thread out of KVM_RUN, repeated until every thread is gone.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use husk_devices::bus::Bus;
+use husk_devices::legacy::i8042::{I8042_BASE, I8042_LEN};
+use husk_devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
+use husk_devices::legacy::{ConsoleLog, ConsoleWriter, SerialConsole, I8042};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::kernel::{self, KernelEntry};
+use crate::boot::{cpu_state, mptable, params};
+use crate::compat::{CompatMode, CompatProfile, HostKvm};
+use crate::kvm_setup::{self, KvmSetupError};
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{kick_signal, Vcpu, VcpuEvent};
+
+/// Base command line when the user gives none.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+const PANIC_CONTEXT_LINES: usize = 12;
+
+#[derive(Debug, Clone)]
+pub enum ConsoleTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub mem_bytes: u64,
+    pub cpus: u8,
+    /// Replaces `DEFAULT_CMDLINE`; compatibility flags are appended either way.
+    pub cmdline: Option<String>,
+    pub console: ConsoleTarget,
+    pub compat: CompatMode,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{0} vCPUs requested: husk supports 1 to {max}", max = mptable::MAX_CPUS)]
+    CpuCount(u8),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Kvm(#[from] KvmSetupError),
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    BootParams(#[from] params::BootParamsError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error("cannot write boot tables to guest memory: {0}")]
+    BootTables(vm_memory::GuestMemoryError),
+    #[error("cannot open console file {path}: {source}")]
+    ConsoleFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("cannot place a device on the bus: {0}")]
+    Bus(#[from] husk_devices::bus::BusError),
+    #[error("cannot start vCPU thread: {0}")]
+    Thread(std::io::Error),
+    #[error("guest kernel panicked: {line}\n--- last console lines ---\n{context}")]
+    GuestPanic { line: String, context: String },
+    #[error("vCPU {cpu}: {reason}\n--- last console lines ---\n{context}")]
+    VcpuFailed {
+        cpu: u8,
+        reason: String,
+        context: String,
+    },
+}
+
+/// How a guest that ran to its end ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest rebooted (i8042 reset, triple fault): husk treats it as the end.
+    Reset,
+    PowerOff,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RunReport {
+    pub outcome: VmOutcome,
+    /// When vCPU 0 entered the guest for the first time.
+    pub first_entry: Option<Instant>,
+}
+
+pub struct Vm {
+    _kvm: Kvm,
+    _fd: VmFd,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    console_log: ConsoleLog,
+    reset_evt: EventFd,
+    stop: Arc<AtomicBool>,
+    events: Receiver<VcpuEvent>,
+    cmdline: String,
+}
+
+impl Vm {
+    pub fn new(config: &VmConfig) -> Result<Self, VmError> {
+        if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
+            return Err(VmError::CpuCount(config.cpus));
+        }
+        memory::validate_size(config.mem_bytes, memory::host_ram_bytes())?;
+        let profile = CompatProfile::select(config.compat, HostKvm::detect());
+        if let Some(p) = &profile {
+            tracing::info!("host compatibility profile: {p}");
+        }
+        let (kvm, fd) = kvm_setup::create_vm()?;
+        let mem = memory::create_guest_memory(config.mem_bytes)?;
+        kvm_setup::register_memory(&fd, &mem)?;
+
+        let loaded = kernel::load_kernel(&mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(kernel::load_initrd(
+                &mem,
+                path,
+                loaded.end,
+                config.mem_bytes,
+            )?),
+            None => None,
+        };
+        let mut cmdline = config
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        if let Some(p) = &profile {
+            cmdline = format!("{cmdline} {}", p.cmdline);
+        }
+        let parsed = params::cmdline(&cmdline)?;
+        mptable::setup(&mem, config.cpus)?;
+        let boot_info = match &loaded.entry {
+            KernelEntry::Pvh(_) => params::write_pvh(&mem, config.mem_bytes, &parsed, initrd)?,
+            KernelEntry::Linux64 { header, .. } => {
+                params::write_zero_page(&mem, config.mem_bytes, &parsed, initrd, *header)?
+            }
+        };
+        cpu_state::write_tables(&mem, &loaded.entry).map_err(VmError::BootTables)?;
+
+        let console_log = ConsoleLog::new();
+        let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        let pio = Arc::new(legacy_devices(&fd, config, &console_log, &reset_evt)?);
+        let mmio = Arc::new(Bus::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, events) = channel();
+        let supported = kvm_setup::supported_cpuid(&kvm)?;
+        let mut vcpus = Vec::with_capacity(config.cpus as usize);
+        for id in 0..config.cpus {
+            let vcpu_fd = fd
+                .create_vcpu(id as u64)
+                .map_err(KvmSetupError::CreateVcpu)?;
+            let boot = (id == 0).then_some((&loaded.entry, boot_info));
+            kvm_setup::configure_vcpu(
+                &vcpu_fd,
+                id,
+                config.cpus,
+                &supported,
+                profile.as_ref(),
+                boot,
+            )?;
+            vcpus.push(Vcpu {
+                id,
+                fd: vcpu_fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                mem: mem.clone(),
+                emulate_int3: profile.as_ref().is_some_and(|p| p.emulate_int3),
+                stop: stop.clone(),
+                events: tx.clone(),
+            });
+        }
+        Ok(Self {
+            _kvm: kvm,
+            _fd: fd,
+            mem,
+            vcpus,
+            console_log,
+            reset_evt,
+            stop,
+            events,
+            cmdline,
+        })
+    }
+
+    /// The command line the guest is given.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Runs the guest to its end.
+    pub fn run(mut self) -> Result<RunReport, VmError> {
+        kvm_setup::install_kick_handler();
+        let mut threads = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            let name = format!("husk-vcpu{}", vcpu.id);
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run())
+                .map_err(VmError::Thread)?;
+            threads.push(handle);
+        }
+        let result = self.control_loop();
+        self.stop_vcpus(threads);
+        result
+    }
+
+    fn control_loop(&self) -> Result<RunReport, VmError> {
+        let mut first_entry = None;
+        loop {
+            if self.reset_evt.read().is_ok() {
+                return self.ended(VmOutcome::Reset, first_entry);
+            }
+            // The i8042 reset arrives on an eventfd; vCPU events on the channel.
+            // Poll the former between short waits on the latter.
+            match self.events.recv_timeout(Duration::from_millis(20)) {
+                Ok(VcpuEvent::FirstEntry { at }) => first_entry = Some(at),
+                Ok(VcpuEvent::Reset { .. }) => return self.ended(VmOutcome::Reset, first_entry),
+                Ok(VcpuEvent::PowerOff { .. }) => {
+                    return self.ended(VmOutcome::PowerOff, first_entry)
+                }
+                Ok(VcpuEvent::Failed { cpu, reason }) => {
+                    return Err(VmError::VcpuFailed {
+                        cpu,
+                        reason,
+                        context: self.console_context(),
+                    })
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.ended(VmOutcome::PowerOff, first_entry)
+                }
+            }
+        }
+    }
+
+    /// A guest that ended after printing a kernel panic failed, however it ended.
+    fn ended(
+        &self,
+        outcome: VmOutcome,
+        first_entry: Option<Instant>,
+    ) -> Result<RunReport, VmError> {
+        if let Some(line) = self.console_log.panic_line() {
+            return Err(VmError::GuestPanic {
+                line,
+                context: self.console_context(),
+            });
+        }
+        Ok(RunReport {
+            outcome,
+            first_entry,
+        })
+    }
+
+    fn console_context(&self) -> String {
+        self.console_log.last_lines(PANIC_CONTEXT_LINES).join("\n")
+    }
+
+    fn stop_vcpus(&self, mut threads: Vec<JoinHandle<()>>) {
+        self.stop.store(true, Ordering::Release);
+        while !threads.is_empty() {
+            for t in &threads {
+                // A thread that already left KVM_RUN ignores the signal.
+                let _ = t.kill(kick_signal());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            let (done, running): (Vec<_>, Vec<_>) =
+                threads.into_iter().partition(|t| t.is_finished());
+            done.into_iter().for_each(|t| {
+                let _ = t.join();
+            });
+            threads = running;
+        }
+    }
+}
+
+fn legacy_devices(
+    fd: &VmFd,
+    config: &VmConfig,
+    log: &ConsoleLog,
+    reset_evt: &EventFd,
+) -> Result<Bus, VmError> {
+    let sink: Box<dyn Write + Send> = match &config.console {
+        ConsoleTarget::Stdout => Box::new(std::io::stdout()),
+        ConsoleTarget::File(path) => {
+            Box::new(File::create(path).map_err(|source| VmError::ConsoleFile {
+                path: path.display().to_string(),
+                source,
+            })?)
+        }
+    };
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+    fd.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(KvmSetupError::Irqfd)?;
+    let serial = SerialConsole::new(serial_irq, Box::new(ConsoleWriter::new(sink, log.clone())));
+    let reset = reset_evt.try_clone().map_err(VmError::EventFd)?;
+    let mut pio = Bus::new();
+    pio.insert(Arc::new(Mutex::new(serial)), COM1_BASE as u64, COM1_LEN)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(reset))),
+        I8042_BASE as u64,
+        I8042_LEN,
+    )?;
+    Ok(pio)
+}
