@@ -21,9 +21,26 @@ fn main() -> ExitCode {
     match cli::run(args, started) {
         Ok(code) => code,
         Err(e) => {
-            // One line, the whole cause chain, no backtrace.
-            eprintln!("husk: error: {}", format!("{e:#}").replace('\n', "\n  "));
+            eprintln!("husk: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The whole cause chain on one line, no backtrace. Library errors often quote
+/// their cause already; a cause whose text is already shown is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    // Multi-line messages (console context) stay readable as indented lines.
+    line.replace('\n', "\n  ")
 }

@@ -1,12 +1,13 @@
 //! Parsing human memory sizes such as `256M` or `1G`.
 
-/// Parses `N`, `NK`, `NM`, `NG` (binary units; a bare number means MiB).
+/// Parses `N`, `NK`, `NM`, `NG`, `NT` (binary units; a bare number means MiB).
 pub fn parse_mem_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
         Some((i, 'M' | 'm')) => (&t[..i], 20),
         Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
         _ => (t, 20),
     };
     let n: u64 = digits

@@ -55,7 +55,7 @@ pub fn validate_size(size: u64, host_ram: Option<u64>) -> Result<(), MemoryError
             min: MIN_MEM_BYTES >> 20,
         });
     }
-    if size % 4096 != 0 {
+    if !size.is_multiple_of(4096) {
         return Err(MemoryError::NotPageAligned(size));
     }
     if let Some(host) = host_ram {

@@ -46,6 +46,7 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     pub mem: GuestMemoryMmap,
     pub emulate_int3: bool,
+    pub on_first_entry: Option<fn()>,
     pub stop: Arc<AtomicBool>,
     pub events: Sender<VcpuEvent>,
 }

@@ -50,6 +50,8 @@ pub struct VmConfig {
     pub cmdline: Option<String>,
     pub console: ConsoleTarget,
     pub compat: CompatMode,
+    /// Called on vCPU 0's thread just before its first KVM_RUN.
+    pub on_first_entry: Option<fn()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,9 +125,6 @@ impl Vm {
         }
         memory::validate_size(config.mem_bytes, memory::host_ram_bytes())?;
         let profile = CompatProfile::select(config.compat, HostKvm::detect());
-        if let Some(p) = &profile {
-            tracing::info!("host compatibility profile: {p}");
-        }
         let (kvm, fd) = kvm_setup::create_vm()?;
         let mem = memory::create_guest_memory(config.mem_bytes)?;
         kvm_setup::register_memory(&fd, &mem)?;
@@ -185,6 +184,7 @@ impl Vm {
                 mmio: mmio.clone(),
                 mem: mem.clone(),
                 emulate_int3: profile.as_ref().is_some_and(|p| p.emulate_int3),
+                on_first_entry: if id == 0 { config.on_first_entry } else { None },
                 stop: stop.clone(),
                 events: tx.clone(),
             });

@@ -6,7 +6,11 @@ use std::process::Command;
 
 /// Tests that need /dev/kvm call this first; without KVM they say why and skip.
 pub fn kvm_or_skip(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIP {test}: needs read/write access to /dev/kvm ({e})");
@@ -22,8 +26,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (binutils is installed by ci/setup.sh)"));
-    assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?}: {e} (binutils is installed by ci/setup.sh)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Assembles GNU-as source into a flat binary loaded at `org`.
@@ -32,16 +42,29 @@ pub fn assemble_flat(dir: &Path, source: &str, org: u64) -> Vec<u8> {
     std::fs::write(&src, source).unwrap();
     run(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
     let elf = dir.join("flat.elf");
-    run(Command::new("ld").args(["-m", "elf_x86_64", &format!("-Ttext={org:#x}"), "-o"]).arg(&elf).arg(&obj));
-    run(Command::new("objcopy").args(["-O", "binary", "-j", ".text"]).arg(&elf).arg(&bin));
+    run(Command::new("ld")
+        .args(["-m", "elf_x86_64", &format!("-Ttext={org:#x}"), "-o"])
+        .arg(&elf)
+        .arg(&obj));
+    run(Command::new("objcopy")
+        .args(["-O", "binary", "-j", ".text"])
+        .arg(&elf)
+        .arg(&bin));
     std::fs::read(bin).unwrap()
 }
 
 /// Assembles GNU-as source into an ELF64 executable linked at `org`.
 pub fn assemble_elf(dir: &Path, source: &str, org: u64) -> PathBuf {
-    let (src, obj, elf) = (dir.join("guest.s"), dir.join("guest.o"), dir.join("guest.elf"));
+    let (src, obj, elf) = (
+        dir.join("guest.s"),
+        dir.join("guest.o"),
+        dir.join("guest.elf"),
+    );
     std::fs::write(&src, source).unwrap();
     run(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
-    run(Command::new("ld").args(["-m", "elf_x86_64", &format!("-Ttext={org:#x}"), "-o"]).arg(&elf).arg(&obj));
+    run(Command::new("ld")
+        .args(["-m", "elf_x86_64", &format!("-Ttext={org:#x}"), "-o"])
+        .arg(&elf)
+        .arg(&obj));
     elf
 }

@@ -28,13 +28,19 @@ struct Probe {
 
 impl BusDevice for Probe {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.log.lock().unwrap().push(Access::Read(offset, data.len()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(Access::Read(offset, data.len()));
         for (d, r) in data.iter_mut().zip(self.reply.iter().cycle()) {
             *d = *r;
         }
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
-        self.log.lock().unwrap().push(Access::Write(offset, data.to_vec()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(Access::Write(offset, data.to_vec()));
         if let Some(stop) = &self.stop_on_write {
             stop.store(true, Ordering::Release);
         }
@@ -80,19 +86,34 @@ fn pio_and_mmio_reach_their_bus_devices() {
     let mmio_log = Arc::new(Mutex::new(Vec::new()));
     let mut pio = Bus::new();
     let probe = |log: &Arc<Mutex<Vec<Access>>>, reply: &[u8], stop: Option<Arc<AtomicBool>>| {
-        Arc::new(Mutex::new(Probe { log: log.clone(), reply: reply.to_vec(), stop_on_write: stop }))
+        Arc::new(Mutex::new(Probe {
+            log: log.clone(),
+            reply: reply.to_vec(),
+            stop_on_write: stop,
+        }))
     };
-    pio.insert(probe(&pio_log, &[0xa5], None), 0x3f0, 2).unwrap();
-    pio.insert(probe(&Arc::new(Mutex::new(Vec::new())), &[], Some(stop.clone())), 0xf4, 1).unwrap();
+    pio.insert(probe(&pio_log, &[0xa5], None), 0x3f0, 2)
+        .unwrap();
+    pio.insert(
+        probe(&Arc::new(Mutex::new(Vec::new())), &[], Some(stop.clone())),
+        0xf4,
+        1,
+    )
+    .unwrap();
     let mut mmio = Bus::new();
-    mmio.insert(probe(&mmio_log, &[0xef, 0xbe], None), 0x28000, 0x100).unwrap();
+    mmio.insert(probe(&mmio_log, &[0xef, 0xbe], None), 0x28000, 0x100)
+        .unwrap();
 
     let fd = vm.create_vcpu(0).unwrap();
     let mut sregs = fd.get_sregs().unwrap();
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
     fd.set_sregs(&sregs).unwrap();
-    let regs = kvm_bindings::kvm_regs { rip: 0x1000, rflags: 2, ..Default::default() };
+    let regs = kvm_bindings::kvm_regs {
+        rip: 0x1000,
+        rflags: 2,
+        ..Default::default()
+    };
     fd.set_regs(&regs).unwrap();
 
     let (tx, rx) = channel();
@@ -103,12 +124,17 @@ fn pio_and_mmio_reach_their_bus_devices() {
         mmio: Arc::new(mmio),
         mem,
         emulate_int3: false,
+        on_first_entry: None,
         stop: stop.clone(),
         events: tx,
     };
     vcpu.run();
     assert!(stop.load(Ordering::Acquire), "guest reached its end marker");
-    assert!(rx.try_recv().is_err(), "no failure event: {:?}", rx.try_recv());
+    assert!(
+        rx.try_recv().is_err(),
+        "no failure event: {:?}",
+        rx.try_recv()
+    );
 
     assert_eq!(
         *pio_log.lock().unwrap(),
@@ -119,6 +145,9 @@ fn pio_and_mmio_reach_their_bus_devices() {
             Access::Write(1, vec![0xef, 0xbe]),
         ]
     );
-    assert_eq!(*mmio_log.lock().unwrap(), vec![Access::Write(0, vec![0xa5]), Access::Read(0x10, 2)]);
+    assert_eq!(
+        *mmio_log.lock().unwrap(),
+        vec![Access::Write(0, vec![0xa5]), Access::Read(0x10, 2)]
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

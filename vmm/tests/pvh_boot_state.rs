@@ -102,7 +102,10 @@ putc:
 "#;
 
 fn hex_bytes(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -132,6 +135,7 @@ fn pvh_guest_sees_the_promised_boot_state() {
         cmdline: Some("husk.test=pvh console=ttyS0".into()),
         console: ConsoleTarget::File(console.clone()),
         compat: CompatMode::Off,
+        on_first_entry: None,
     };
     let report = Vm::new(&config).unwrap().run().unwrap();
     assert_eq!(report.outcome, VmOutcome::Reset);
@@ -139,7 +143,10 @@ fn pvh_guest_sees_the_promised_boot_state() {
     let text = std::fs::read_to_string(&console).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "console: {text}");
-    let regs: Vec<u32> = lines[0].split(' ').map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
+    let regs: Vec<u32> = lines[0]
+        .split(' ')
+        .map(|h| u32::from_str_radix(h, 16).unwrap())
+        .collect();
     let (ebx, cr0, cs, ds) = (regs[0], regs[1], regs[2], regs[3]);
     assert_eq!(cr0 & 1, 1, "protected mode");
     assert_eq!(cr0 >> 31, 0, "paging off");
@@ -158,12 +165,19 @@ fn pvh_guest_sees_the_promised_boot_state() {
     assert_eq!(memmap.len(), expected.len() * 24);
     let mut ram = 0;
     for (entry, (addr, size, kind)) in memmap.chunks(24).zip(&expected) {
-        assert_eq!((u64_at(entry, 0), u64_at(entry, 8), u32_at(entry, 16)), (*addr, *size, *kind));
+        assert_eq!(
+            (u64_at(entry, 0), u64_at(entry, 8), u32_at(entry, 16)),
+            (*addr, *size, *kind)
+        );
         if *kind == E820_RAM {
             ram += size;
         }
     }
-    assert_eq!(ram, mem_bytes - (0x100000 - 0x9fc00), "all RAM but the BIOS hole is usable");
+    assert_eq!(
+        ram,
+        mem_bytes - (0x100000 - 0x9fc00),
+        "all RAM but the BIOS hole is usable"
+    );
 
     let module = hex_bytes(lines[3]);
     let (paddr, size) = (u64_at(&module, 0), u64_at(&module, 8));

@@ -5,17 +5,27 @@
 //! prints `selftest: <step> ok` (or `FAILED`), then `HUSK-SELFTEST-PASS` or
 //! `HUSK-SELFTEST-FAIL`, and the VM is ended with reboot(2).
 //!
-//! `husk-guest-selftest bench` instead prints timings of getpid and fork+wait,
-//! so the same binary measures the guest and the host.
+//! Other modes, chosen by the first argument (for /init: words after `--` on
+//! the kernel command line): `bench` prints timings of getpid and fork+wait,
+//! so the same binary measures the guest and the host; `idle` prints
+//! `HUSK-IDLE` and sleeps; `exit` exits with status 3; `run PROG ARGS...`
+//! runs a program and prints `HUSK-RUN-EXIT <status>`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+/// One self-test step: Ok, or what went wrong.
+type Step = fn() -> Result<(), String>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("exec-child") => std::process::exit(42),
+        // As /init: an init that exits, so the guest kernel panics.
+        Some("exit") => std::process::exit(3),
+        Some("idle") => idle(),
+        Some("run") => run_program(&args[2..]),
         Some("bench") => {
             bench();
             return;
@@ -23,7 +33,7 @@ fn main() {
         _ => {}
     }
     println!("selftest: started as pid {}", std::process::id());
-    let steps: &[(&str, fn() -> Result<(), String>)] = &[
+    let steps: &[(&str, Step)] = &[
         ("fork-wait", fork_wait),
         ("exec", exec),
         ("pipe", pipe),
@@ -64,6 +74,41 @@ fn main() {
     }
 }
 
+/// Runs a program as a guest process, reports its exit status, ends the VM.
+fn run_program(argv: &[String]) -> ! {
+    let status = match argv.split_first() {
+        Some((prog, rest)) => match std::process::Command::new(prog).args(rest).status() {
+            Ok(s) => format!("{:?}", s.code()),
+            Err(e) => format!("spawn failed: {e}"),
+        },
+        None => "no program given".into(),
+    };
+    println!("HUSK-RUN-EXIT {status}");
+    end_vm();
+    std::process::exit(0)
+}
+
+/// PID 1 ends the VM with reboot(2): husk treats a guest reset as the end.
+fn end_vm() {
+    let _ = std::io::stdout().flush();
+    if std::process::id() == 1 {
+        // SAFETY: sync and reboot(2) with a valid command.
+        unsafe {
+            libc::sync();
+            libc::reboot(libc::RB_AUTOBOOT);
+        }
+    }
+}
+
+/// Announces an idle guest (for `husk bench boot`) and sleeps forever.
+fn idle() -> ! {
+    println!("HUSK-IDLE");
+    loop {
+        // SAFETY: pause(2) has no preconditions.
+        unsafe { libc::pause() };
+    }
+}
+
 fn errno(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
@@ -73,6 +118,7 @@ fn fork_wait() -> Result<(), String> {
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => Err(errno("fork")),
+        // SAFETY: in the child, leave at once without running any Rust code.
         0 => unsafe { libc::_exit(7) },
         child => {
             let mut status = 0;

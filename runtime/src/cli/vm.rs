@@ -33,7 +33,7 @@ pub struct VmArgs {
     /// Host compatibility profile for software-KVM hosts: auto, on or off.
     #[arg(long, default_value = "auto")]
     compat: CompatMode,
-    /// Print a machine-readable timing line on stderr when the guest ends.
+    /// Print a machine-readable line on stderr when vCPU 0 first enters the guest (for `husk bench`).
     #[arg(long, hide = true)]
     report_timing: bool,
 }
@@ -51,12 +51,17 @@ impl VmArgs {
                 .clone()
                 .map_or(ConsoleTarget::Stdout, ConsoleTarget::File),
             compat: self.compat,
+            on_first_entry: None,
         }
     }
 }
 
 pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    let vm = Vm::new(&args.config()).context("cannot build the VM")?;
+    let mut config = args.config();
+    if args.report_timing {
+        config.on_first_entry = Some(print_first_entry);
+    }
+    let vm = Vm::new(&config).context("cannot build the VM")?;
     tracing::debug!(cmdline = vm.cmdline(), "booting");
     let report = vm.run()?;
     if args.report_timing {
@@ -69,4 +74,12 @@ pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(outcome = ?report.outcome, "guest ended");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs on vCPU 0's thread just before its first KVM_RUN.
+fn print_first_entry() {
+    eprintln!(
+        "husk-timing: first_guest_entry_monotonic_ns={}",
+        crate::cli::bench::monotonic_ns()
+    );
 }

@@ -1,0 +1,181 @@
+//! `husk bench boot`: one idle guest, measured from outside.
+//!
+//! Starts `husk vm` as a child (so the figures are those of a real husk
+//! process), waits for the guest's idle marker on the console, then reads the
+//! child's memory and threads from /proc. Start latency is measured from just
+//! before the spawn to vCPU 0's first KVM_RUN, both on CLOCK_MONOTONIC.
+//! Baselines from the same run: spawning and reaping `/bin/true`, and the
+//! guest's configured memory size.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::procfs::{mappings_of_size, monotonic_ns, process_memory, thread_count};
+use crate::size::parse_mem_size;
+
+/// What the guest self-test prints once it is up and idle.
+pub const IDLE_MARKER: &str = "HUSK-IDLE";
+
+#[derive(Args)]
+pub struct BootBenchArgs {
+    #[arg(long)]
+    kernel: PathBuf,
+    /// An initramfs whose /init prints HUSK-IDLE and then idles (the guest self-test in idle mode).
+    #[arg(long)]
+    initrd: PathBuf,
+    #[arg(long, default_value = "256M", value_parser = parse_mem_size)]
+    mem: u64,
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Give up when the guest is not idle after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
+    let baseline_us = spawn_baseline_us()?;
+    let console =
+        std::env::temp_dir().join(format!("husk-bench-boot-{}.console", std::process::id()));
+    let exe = std::env::current_exe().context("locating the husk binary")?;
+    let spawned_ns = monotonic_ns();
+    let mut child = Command::new(exe)
+        .args([
+            "vm",
+            "--report-timing",
+            "--mem",
+            &format!("{}K", args.mem >> 10),
+            "--cpus",
+            &args.cpus.to_string(),
+        ])
+        .arg("--kernel")
+        .arg(&args.kernel)
+        .arg("--initrd")
+        .arg(&args.initrd)
+        .arg("--cmdline")
+        .arg("console=ttyS0 reboot=k panic=-1 -- idle")
+        .arg("--console")
+        .arg(&console)
+        .env("HUSK_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting husk vm")?;
+    let pid = child.id();
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let first_entry = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split("first_guest_entry_monotonic_ns=")
+                    .nth(1)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if text.contains(IDLE_MARKER) {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            bail!(
+                "the guest ended ({status}) before printing {IDLE_MARKER}; last console lines:\n{}",
+                tail.join("\n")
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the guest did not print {IDLE_MARKER} within {} s",
+                args.timeout_secs
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let total = process_memory(pid)?;
+    let guest = mappings_of_size(pid, args.mem >> 10)?;
+    let threads = thread_count(pid)?;
+    child.kill().context("stopping the guest")?;
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&console);
+    let entry_ns = first_entry
+        .join()
+        .ok()
+        .flatten()
+        .context("husk vm did not report its first guest entry")?;
+    let start_us = (entry_ns.saturating_sub(spawned_ns)) / 1000;
+
+    println!(
+        "husk bench boot: idle guest, {} vCPU(s), {} MiB guest memory",
+        args.cpus,
+        args.mem >> 20
+    );
+    println!("  host: {}", host_description());
+    println!("  RSS                         {:>8} KiB", total.rss_kib);
+    println!("  PSS                         {:>8} KiB", total.pss_kib);
+    println!(
+        "  guest memory in RSS         {:>8} KiB ({:.1}% of RSS, {:.1}% of the guest's {} MiB)",
+        guest.rss_kib,
+        pct(guest.rss_kib, total.rss_kib),
+        pct(guest.rss_kib, args.mem >> 10),
+        args.mem >> 20
+    );
+    println!(
+        "  VMM overhead (RSS - guest)  {:>8} KiB",
+        total.rss_kib.saturating_sub(guest.rss_kib)
+    );
+    println!("  threads                     {:>8}", threads);
+    println!(
+        "  process start -> first guest instruction {start_us} us ({:.1}x the {baseline_us} us to spawn and reap /bin/true)",
+        start_us as f64 / baseline_us.max(1) as f64
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(part: u64, whole: u64) -> f64 {
+    100.0 * part as f64 / whole.max(1) as f64
+}
+
+/// Median time to spawn and reap `/bin/true`, in microseconds.
+fn spawn_baseline_us() -> anyhow::Result<u64> {
+    let mut samples = Vec::new();
+    for _ in 0..11 {
+        let t = Instant::now();
+        Command::new("/bin/true")
+            .status()
+            .context("running /bin/true for the baseline")?;
+        samples.push(t.elapsed().as_micros() as u64);
+    }
+    samples.sort_unstable();
+    Ok(samples[samples.len() / 2])
+}
+
+fn host_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kvm = husk_vmm::HostKvm::detect();
+    format!(
+        "{cpu}, {} CPUs, /dev/kvm: {kvm:?}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}

@@ -1,0 +1,122 @@
+//! Bad input to `husk vm`: each case is a one-line error naming the problem,
+//! a non-zero exit, and no panic or backtrace.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn husk() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_husk"));
+    cmd.env("RUST_BACKTRACE", "1");
+    cmd
+}
+
+fn temp(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("husk-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Runs husk with `args` and returns its stderr, checking the failure shape.
+fn fails_with(args: &[&str], expect: &[&str]) {
+    let out = husk().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "{stderr}"
+    );
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(
+        error_lines.len(),
+        1,
+        "one error line expected for {args:?}: {stderr}"
+    );
+    for e in expect {
+        assert!(
+            error_lines[0].contains(e),
+            "{args:?}: {:?} does not mention {e:?}",
+            error_lines[0]
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_one_clear_line() {
+    let not_kernel = temp("not-a-kernel", &[0x42; 4096]);
+    let not_kernel = not_kernel.to_str().unwrap();
+    let elf_garbage = temp("bad-elf", b"\x7fELF\x02\x01\x01garbage");
+    let elf_garbage = elf_garbage.to_str().unwrap();
+    fails_with(
+        &["vm", "--kernel", "/nonexistent/vmlinux"],
+        &["/nonexistent/vmlinux", "No such file"],
+    );
+    fails_with(
+        &["vm", "--kernel", not_kernel],
+        &[not_kernel, "neither an ELF vmlinux nor a bzImage"],
+    );
+    fails_with(&["vm", "--kernel", elf_garbage], &[elf_garbage, "ELF"]);
+    fails_with(&["vm", "--kernel", not_kernel, "--cpus", "0"], &["0 vCPUs"]);
+    fails_with(
+        &["vm", "--kernel", not_kernel, "--mem", "8M"],
+        &["8 MiB", "at least 16 MiB"],
+    );
+    fails_with(
+        &["vm", "--kernel", not_kernel, "--mem", "64T"],
+        &["more than this host has"],
+    );
+    fails_with(
+        &["vm", "--kernel", not_kernel, "--mem", "lots"],
+        &["invalid memory size"],
+    );
+    fails_with(&["vm", "--kernel", not_kernel, "--cpus", "300"], &["300"]);
+}
+
+#[test]
+fn unreadable_initrd_is_named() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!(
+            "SKIP unreadable_initrd_is_named: needs /dev/kvm to get as far as loading the initrd"
+        );
+        return;
+    }
+    // The initrd is read right after the kernel loads, so any loadable ELF
+    // kernel will do: a two-byte loop from the assembler.
+    let dir = std::env::temp_dir().join(format!("husk-cli-initrd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("k.s");
+    std::fs::write(&src, ".globl _start\n_start: jmp _start\n").unwrap();
+    let obj = dir.join("k.o");
+    let elf = dir.join("k.elf");
+    assert!(Command::new("as")
+        .arg("-o")
+        .arg(&obj)
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ld")
+        .args(["-Ttext=0x1000000", "-o"])
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .unwrap()
+        .success());
+    let elf = elf.to_str().unwrap();
+    fails_with(
+        &[
+            "vm",
+            "--kernel",
+            elf,
+            "--initrd",
+            "/nonexistent/initrd.cpio",
+        ],
+        &["/nonexistent/initrd.cpio", "initrd"],
+    );
+    let dir_as_initrd = dir.to_str().unwrap();
+    fails_with(
+        &["vm", "--kernel", elf, "--initrd", dir_as_initrd],
+        &[dir_as_initrd, "initrd"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

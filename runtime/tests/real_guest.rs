@@ -1,0 +1,131 @@
+//! Real guests: the project's kernel and initramfs booted by `husk vm` on this
+//! machine's /dev/kvm. Slow where /dev/kvm is software (a minute or more per
+//! boot), so every boot here runs in parallel and each one asserts as much as
+//! it can.
+
+mod common;
+
+use common::{boot, guest_assets, kvm_or_skip, GuestRun};
+
+/// The kernel saw `cpus` CPUs and about 256 MiB, and started /init.
+fn assert_booted(run: &GuestRun, cpus: u8) {
+    let c = &run.console;
+    let want = if cpus == 1 {
+        "smp: Brought up 1 node, 1 CPU".to_string()
+    } else {
+        format!("smp: Brought up 1 node, {cpus} CPUs")
+    };
+    assert!(c.contains(&want), "no {want:?} on the console:\n{c}");
+    let total_kib: u64 = c
+        .lines()
+        .find_map(|l| l.split("Memory: ").nth(1))
+        .and_then(|m| m.split('/').nth(1))
+        .and_then(|t| t.split('K').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no Memory: line on the console:\n{c}"));
+    // 256 MiB less the BIOS hole and page 0.
+    assert!(
+        (255 * 1024..=256 * 1024).contains(&total_kib),
+        "guest saw {total_kib} KiB"
+    );
+    assert!(
+        c.contains("Run /init as init process"),
+        "/init was not started:\n{c}"
+    );
+}
+
+#[test]
+fn boots_runs_user_space_and_reports_a_panic() {
+    if !kvm_or_skip("boots_runs_user_space_and_reports_a_panic") {
+        return;
+    }
+    let initrd = guest_assets().initrd.clone();
+    let busybox_initrd = guest_assets().busybox_initrd.clone();
+    let busybox = std::thread::spawn(move || {
+        boot(
+            "busybox",
+            &busybox_initrd,
+            1,
+            r#"run /bin/busybox sh -c "echo ok; ls /; cat /proc/uptime""#,
+        )
+    });
+    let runs: Vec<_> = [("1cpu", 1u8, ""), ("2cpu", 2, ""), ("panic", 1, "exit")]
+        .into_iter()
+        .map(|(name, cpus, args)| {
+            let initrd = initrd.clone();
+            std::thread::spawn(move || (cpus, boot(name, &initrd, cpus, args)))
+        })
+        .collect();
+    let mut results: Vec<_> = runs.into_iter().map(|h| h.join().unwrap()).collect();
+    let busybox = busybox.join().unwrap();
+
+    assert_busybox_ran(&busybox);
+    let (_, panic_run) = results.pop().unwrap();
+    assert_booted(&panic_run, 1);
+    assert!(
+        !panic_run.output.status.success(),
+        "a panicking guest must fail husk vm"
+    );
+    let err = panic_run.stderr();
+    let first = err
+        .lines()
+        .find(|l| l.contains("husk: error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{err}"));
+    assert!(
+        first.contains("guest kernel panicked: ")
+            && first.contains("Kernel panic - not syncing: Attempted to kill init!"),
+        "{first}"
+    );
+
+    for (cpus, run) in &results {
+        assert_booted(run, *cpus);
+        assert!(
+            run.console.contains("HUSK-SELFTEST-PASS"),
+            "self-test did not pass:\n{}",
+            run.console
+        );
+        assert!(
+            run.output.status.success(),
+            "husk vm failed: {}",
+            run.stderr()
+        );
+    }
+}
+
+/// busybox's `sh -c 'echo ok; ls /; cat /proc/uptime'` as a guest process.
+fn assert_busybox_ran(run: &GuestRun) {
+    let c = &run.console;
+    let after_init = c
+        .split("Run /init as init process")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no /init:\n{c}"));
+    let lines: Vec<&str> = after_init.lines().map(str::trim).collect();
+    assert!(lines.contains(&"ok"), "no 'ok' line:\n{after_init}");
+    for entry in ["bin", "dev", "init", "proc", "sys"] {
+        assert!(
+            after_init.split_whitespace().any(|w| w == entry),
+            "ls / does not list {entry}:\n{after_init}"
+        );
+    }
+    let uptime = lines
+        .iter()
+        .find_map(|l| {
+            let mut it = l.split(' ');
+            let (a, b) = (
+                it.next()?.parse::<f64>().ok()?,
+                it.next()?.parse::<f64>().ok()?,
+            );
+            it.next().is_none().then_some((a, b))
+        })
+        .unwrap_or_else(|| panic!("no /proc/uptime line:\n{after_init}"));
+    assert!(uptime.0 > 0.0, "uptime {uptime:?}");
+    assert!(
+        c.contains("HUSK-RUN-EXIT Some(0)"),
+        "busybox sh did not exit 0:\n{after_init}"
+    );
+    assert!(
+        run.output.status.success(),
+        "husk vm failed: {}",
+        run.stderr()
+    );
+}
