@@ -14,6 +14,7 @@ use husk_devices::bus::Bus;
 use kvm_bindings::{kvm_vcpu_events, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest_walk;
 
@@ -49,6 +50,8 @@ pub struct Vcpu {
     pub on_first_entry: Option<fn()>,
     pub stop: Arc<AtomicBool>,
     pub events: Sender<VcpuEvent>,
+    /// Written after each event so the control thread wakes up.
+    pub wake: EventFd,
 }
 
 enum Step {
@@ -68,10 +71,17 @@ impl Vcpu {
             match self.step() {
                 Step::Continue => {}
                 Step::Exit(event) => {
-                    let _ = self.events.send(event);
+                    self.report(event);
                     break;
                 }
             }
+        }
+    }
+
+    fn report(&self, event: VcpuEvent) {
+        // The control thread may already be gone (VM stopping): nothing to tell.
+        if self.events.send(event).is_ok() {
+            let _ = self.wake.write(1);
         }
     }
 

@@ -9,7 +9,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use husk_devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use husk_devices::legacy::{ConsoleLog, ConsoleWriter, SerialConsole, I8042};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
@@ -79,6 +81,8 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error("cannot place a device on the bus: {0}")]
     Bus(#[from] husk_devices::bus::BusError),
+    #[error("VM control loop failed: {0}")]
+    EventLoop(std::io::Error),
     #[error("cannot start vCPU thread: {0}")]
     Thread(std::io::Error),
     #[error("guest kernel panicked: {line}\n--- last console lines ---\n{context}")]
@@ -113,6 +117,8 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     console_log: ConsoleLog,
     reset_evt: EventFd,
+    /// Written by a vCPU after it sends a `VcpuEvent`.
+    vcpu_wake: EventFd,
     stop: Arc<AtomicBool>,
     events: Receiver<VcpuEvent>,
     cmdline: String,
@@ -162,6 +168,7 @@ impl Vm {
         let mmio = Arc::new(Bus::new());
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = channel();
+        let vcpu_wake = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         let supported = kvm_setup::supported_cpuid(&kvm)?;
         let mut vcpus = Vec::with_capacity(config.cpus as usize);
         for id in 0..config.cpus {
@@ -187,6 +194,7 @@ impl Vm {
                 on_first_entry: if id == 0 { config.on_first_entry } else { None },
                 stop: stop.clone(),
                 events: tx.clone(),
+                wake: vcpu_wake.try_clone().map_err(VmError::EventFd)?,
             });
         }
         Ok(Self {
@@ -196,6 +204,7 @@ impl Vm {
             vcpus,
             console_log,
             reset_evt,
+            vcpu_wake,
             stop,
             events,
             cmdline,
@@ -229,29 +238,36 @@ impl Vm {
     }
 
     fn control_loop(&self) -> Result<RunReport, VmError> {
+        const RESET: u64 = 0;
+        const VCPU: u64 = 1;
+        let epoll = Epoll::new().map_err(VmError::EventLoop)?;
+        for (fd, token) in [(self.reset_evt.as_raw_fd(), RESET), (self.vcpu_wake.as_raw_fd(), VCPU)] {
+            epoll
+                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+                .map_err(VmError::EventLoop)?;
+        }
         let mut first_entry = None;
+        let mut ready = [EpollEvent::default(); 2];
         loop {
-            if self.reset_evt.read().is_ok() {
-                return self.ended(VmOutcome::Reset, first_entry);
-            }
-            // The i8042 reset arrives on an eventfd; vCPU events on the channel.
-            // Poll the former between short waits on the latter.
-            match self.events.recv_timeout(Duration::from_millis(20)) {
-                Ok(VcpuEvent::FirstEntry { at }) => first_entry = Some(at),
-                Ok(VcpuEvent::Reset { .. }) => return self.ended(VmOutcome::Reset, first_entry),
-                Ok(VcpuEvent::PowerOff { .. }) => {
-                    return self.ended(VmOutcome::PowerOff, first_entry)
+            let n = match epoll.wait(-1, &mut ready) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(VmError::EventLoop(e)),
+            };
+            for event in &ready[..n] {
+                if event.data() == RESET {
+                    return self.ended(VmOutcome::Reset, first_entry);
                 }
-                Ok(VcpuEvent::Failed { cpu, reason }) => {
-                    return Err(VmError::VcpuFailed {
-                        cpu,
-                        reason,
-                        context: self.console_context(),
-                    })
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    return self.ended(VmOutcome::PowerOff, first_entry)
+                let _ = self.vcpu_wake.read();
+                while let Ok(event) = self.events.try_recv() {
+                    match event {
+                        VcpuEvent::FirstEntry { at } => first_entry = Some(at),
+                        VcpuEvent::Reset { .. } => return self.ended(VmOutcome::Reset, first_entry),
+                        VcpuEvent::PowerOff { .. } => return self.ended(VmOutcome::PowerOff, first_entry),
+                        VcpuEvent::Failed { cpu, reason } => {
+                            return Err(VmError::VcpuFailed { cpu, reason, context: self.console_context() })
+                        }
+                    }
                 }
             }
         }

@@ -127,6 +127,7 @@ fn pio_and_mmio_reach_their_bus_devices() {
         on_first_entry: None,
         stop: stop.clone(),
         events: tx,
+        wake: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
     };
     vcpu.run();
     assert!(stop.load(Ordering::Acquire), "guest reached its end marker");

@@ -15,17 +15,23 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+const MODES: &[&str] = &["exec-child", "exit", "idle", "run", "bench"];
+
 /// One self-test step: Ok, or what went wrong.
 type Step = fn() -> Result<(), String>;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
+    // As /init, the kernel may put unknown bare command-line words before the
+    // words after `--`; the mode is the first known word.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let at = args.iter().position(|a| MODES.contains(&a.as_str())).unwrap_or(args.len());
+    let args = &args[at..];
+    match args.first().map(String::as_str) {
         Some("exec-child") => std::process::exit(42),
         // As /init: an init that exits, so the guest kernel panics.
         Some("exit") => std::process::exit(3),
         Some("idle") => idle(),
-        Some("run") => run_program(&args[2..]),
+        Some("run") => run_program(&args[1..]),
         Some("bench") => {
             bench();
             return;
