@@ -7,9 +7,9 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -241,9 +241,16 @@ impl Vm {
         const RESET: u64 = 0;
         const VCPU: u64 = 1;
         let epoll = Epoll::new().map_err(VmError::EventLoop)?;
-        for (fd, token) in [(self.reset_evt.as_raw_fd(), RESET), (self.vcpu_wake.as_raw_fd(), VCPU)] {
+        for (fd, token) in [
+            (self.reset_evt.as_raw_fd(), RESET),
+            (self.vcpu_wake.as_raw_fd(), VCPU),
+        ] {
             epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
                 .map_err(VmError::EventLoop)?;
         }
         let mut first_entry = None;
@@ -262,10 +269,18 @@ impl Vm {
                 while let Ok(event) = self.events.try_recv() {
                     match event {
                         VcpuEvent::FirstEntry { at } => first_entry = Some(at),
-                        VcpuEvent::Reset { .. } => return self.ended(VmOutcome::Reset, first_entry),
-                        VcpuEvent::PowerOff { .. } => return self.ended(VmOutcome::PowerOff, first_entry),
+                        VcpuEvent::Reset { .. } => {
+                            return self.ended(VmOutcome::Reset, first_entry)
+                        }
+                        VcpuEvent::PowerOff { .. } => {
+                            return self.ended(VmOutcome::PowerOff, first_entry)
+                        }
                         VcpuEvent::Failed { cpu, reason } => {
-                            return Err(VmError::VcpuFailed { cpu, reason, context: self.console_context() })
+                            return Err(VmError::VcpuFailed {
+                                cpu,
+                                reason,
+                                context: self.console_context(),
+                            })
                         }
                     }
                 }

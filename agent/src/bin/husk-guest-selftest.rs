@@ -24,7 +24,10 @@ fn main() {
     // As /init, the kernel may put unknown bare command-line words before the
     // words after `--`; the mode is the first known word.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let at = args.iter().position(|a| MODES.contains(&a.as_str())).unwrap_or(args.len());
+    let at = args
+        .iter()
+        .position(|a| MODES.contains(&a.as_str()))
+        .unwrap_or(args.len());
     let args = &args[at..];
     match args.first().map(String::as_str) {
         Some("exec-child") => std::process::exit(42),

@@ -124,7 +124,7 @@ pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
         args.cpus,
         args.mem >> 20
     );
-    println!("  host: {}", host_description());
+    println!("  host: {}", super::host_description());
     println!("  RSS                         {:>8} KiB", total.rss_kib);
     println!("  PSS                         {:>8} KiB", total.pss_kib);
     println!(
@@ -162,20 +162,4 @@ fn spawn_baseline_us() -> anyhow::Result<u64> {
     }
     samples.sort_unstable();
     Ok(samples[samples.len() / 2])
-}
-
-fn host_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kvm = husk_vmm::HostKvm::detect();
-    format!(
-        "{cpu}, {} CPUs, /dev/kvm: {kvm:?}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
 }

@@ -2,6 +2,7 @@
 
 mod boot;
 mod procfs;
+mod syscalls;
 
 pub use procfs::monotonic_ns;
 
@@ -13,10 +14,31 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Boot an idle guest; report the husk process's memory, threads and start latency.
     Boot(boot::BootBenchArgs),
+    /// Guest system calls and fork against the host, with the same binary.
+    Syscalls(syscalls::SyscallBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Boot(args) => boot::run(args),
+        BenchCommand::Syscalls(args) => syscalls::run(args),
     }
+}
+
+/// One line naming the machine a figure came from.
+pub fn host_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cpus} CPUs, /dev/kvm: {:?}",
+        husk_vmm::HostKvm::detect()
+    )
 }

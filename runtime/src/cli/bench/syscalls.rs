@@ -1,0 +1,148 @@
+//! `husk bench syscalls`: guest user space against the host, same binary.
+//!
+//! Boots the guest self-test in `bench` mode under `husk vm` and runs the
+//! same static binary on the host: 10,000 getpid() calls and 100 fork+wait,
+//! each reported for both and as a guest/host ratio. Also the time from
+//! starting husk to the guest kernel starting /init (the first guest user
+//! instruction), against the time to start the same program on the host.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+#[derive(Args)]
+pub struct SyscallBenchArgs {
+    #[arg(long)]
+    kernel: PathBuf,
+    /// An initramfs with the guest self-test as /init.
+    #[arg(long)]
+    initrd: PathBuf,
+    /// The same self-test binary, run on the host for the baseline.
+    #[arg(long)]
+    selftest: PathBuf,
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+/// (getpid x10000 us, fork+wait x100 us) from a `selftest-bench:` line.
+fn parse_bench(line: &str) -> Option<(u64, u64)> {
+    let rest = line.split("selftest-bench:").nth(1)?;
+    let mut numbers = rest
+        .split(" = ")
+        .skip(1)
+        .map(|p| p.split_whitespace().next().and_then(|n| n.parse().ok()));
+    Some((numbers.next()??, numbers.next()??))
+}
+
+pub fn run(args: SyscallBenchArgs) -> anyhow::Result<ExitCode> {
+    let host_start = Instant::now();
+    let host = Command::new(&args.selftest)
+        .arg("bench")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running the self-test on the host")?;
+    let mut host_first_line = None;
+    let mut host_figures = None;
+    for line in BufReader::new(host.stdout.context("no stdout")?)
+        .lines()
+        .map_while(Result::ok)
+    {
+        host_first_line.get_or_insert_with(|| host_start.elapsed());
+        host_figures = host_figures.or(parse_bench(&line));
+    }
+    let host_figures = host_figures.context("the host run printed no selftest-bench line")?;
+
+    let console = std::env::temp_dir().join(format!(
+        "husk-bench-syscalls-{}.console",
+        std::process::id()
+    ));
+    let exe = std::env::current_exe().context("locating the husk binary")?;
+    let guest_start = Instant::now();
+    let mut child = Command::new(exe)
+        .args([
+            "vm",
+            "--mem",
+            "256M",
+            "--cpus",
+            "1",
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=-1 -- bench",
+        ])
+        .arg("--kernel")
+        .arg(&args.kernel)
+        .arg("--initrd")
+        .arg(&args.initrd)
+        .arg("--console")
+        .arg(&console)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting husk vm")?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut init_started = None;
+    let guest_figures = loop {
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if init_started.is_none() && text.contains("Run /init as init process") {
+            init_started = Some(guest_start.elapsed());
+        }
+        if let Some(f) = text.lines().find_map(parse_bench) {
+            break f;
+        }
+        if child.try_wait()?.is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "the guest printed no selftest-bench line; last console lines:\n{}",
+                last_lines(&text, 8)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&console);
+    let init_started = init_started.context("the guest never started /init")?;
+
+    println!(
+        "husk bench syscalls: the same static binary in a husk guest (1 vCPU) and on the host"
+    );
+    println!("  host: {}", super::host_description());
+    row("getpid() x 10,000", guest_figures.0, host_figures.0);
+    row("fork+wait x 100", guest_figures.1, host_figures.1);
+    row(
+        "start -> first user instruction",
+        init_started.as_micros() as u64,
+        host_first_line.map_or(0, |d| d.as_micros() as u64),
+    );
+    println!("  (guest start: husk spawned -> kernel runs /init, polled every 50 ms; host start: spawn -> first output line)");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(what: &str, guest_us: u64, host_us: u64) {
+    println!(
+        "  {what:<34} guest {guest_us:>10} us   host {host_us:>8} us   guest/host {:>8.1}x",
+        guest_us as f64 / host_us.max(1) as f64
+    );
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_selftest_bench_line() {
+        assert_eq!(
+            parse_bench(
+                "[ 1.0] selftest-bench: getpid x10000 = 1234 us, fork+wait x100 = 56789 us"
+            ),
+            Some((1234, 56789))
+        );
+        assert_eq!(parse_bench("selftest: clock ok"), None);
+    }
+}
