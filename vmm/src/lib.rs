@@ -13,6 +13,7 @@ pub mod guest_walk;
 pub mod kvm_setup;
 pub mod layout;
 pub mod memory;
+pub mod testing;
 pub mod vcpu;
 pub mod vm;
 
