@@ -4,20 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Tests that need /dev/kvm call this first; without KVM they say why and skip.
-pub fn kvm_or_skip(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIP {test}: needs read/write access to /dev/kvm ({e})");
-            false
-        }
-    }
-}
+pub use husk_vmm::testing::kvm_or_skip;
 
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("husk-{name}-{}", std::process::id()));

@@ -46,20 +46,7 @@ pub fn guest_assets() -> &'static GuestAssets {
     })
 }
 
-/// Real-guest tests need /dev/kvm; without it they say why and skip.
-pub fn kvm_or_skip(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIP {test}: needs read/write access to /dev/kvm ({e})");
-            false
-        }
-    }
-}
+pub use husk_vmm::testing::kvm_or_skip;
 
 pub struct GuestRun {
     pub output: Output,
