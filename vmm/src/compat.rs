@@ -112,9 +112,15 @@ const SOFTWARE_KVM_HIDDEN: &[(u32, u32, CpuidReg, &[u8])] = &[
     bits(0x8000_0001, 0, CpuidReg::Ecx, &[5, 6, 11, 16, 21]),
 ];
 
-/// Kernel command-line flags that keep a stock kernel off emulator gaps.
+/// Kernel command-line flags that keep a stock kernel off emulator gaps, and
+/// turn on husk's guest-kernel fallback for user system calls (see
+/// guest-kernel-config/patches/0001-*). They carry most of the load: on
+/// kvm_pvm the guest's CPUID leaf 1 does not reflect KVM_SET_CPUID2 (measured:
+/// XSAVE stays visible), so `noxsave` is needed. The kernel reads `noxsave` and
+/// `nopti` straight from the command line and still passes them to /init as
+/// arguments.
 const SOFTWARE_KVM_CMDLINE: &str =
-    "noxsave clearcpuid=smap,smep,umip,pku,popcnt nopti mitigations=off";
+    "noxsave nopti clearcpuid=smap,smep,umip,pku,popcnt mitigations=off husk.syscall_fault=1";
 
 /// A named set of guest adjustments for one kind of host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +130,9 @@ pub struct CompatProfile {
     /// Whole CPUID leaves to report as empty (XSAVE state enumeration).
     pub zeroed_leaves: Vec<u32>,
     pub cmdline: &'static str,
-    /// Inject #BP for an `int3` the host's emulator refused.
-    pub emulate_int3: bool,
+    /// Complete in the VMM the instructions the host's emulator refuses
+    /// (`int3`, `fwait`; see `insn_fallback`).
+    pub emulate_missing: bool,
 }
 
 impl CompatProfile {
@@ -146,7 +153,7 @@ impl CompatProfile {
             hidden_cpuid,
             zeroed_leaves: vec![0xd],
             cmdline: SOFTWARE_KVM_CMDLINE,
-            emulate_int3: true,
+            emulate_missing: true,
         }
     }
 

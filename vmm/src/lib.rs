@@ -3,13 +3,15 @@
 //! `vm` ties the pieces together: `memory` (guest RAM), `boot` (kernel,
 //! initrd, boot parameters, MP table, initial CPU state), `kvm_setup` (VM and
 //! vCPU ioctls), `cpuid` and `compat` (what the guest CPU looks like, and the
-//! profile for software-KVM hosts), `vcpu` (run loop) and `guest_walk`
-//! (reading guest memory through the guest's page tables).
+//! profile for software-KVM hosts), `vcpu` (run loop), `guest_walk`
+//! (reading guest memory through the guest's page tables) and
+//! `insn_fallback` (instructions the host's KVM cannot emulate).
 
 pub mod boot;
 pub mod compat;
 pub mod cpuid;
 pub mod guest_walk;
+pub mod insn_fallback;
 pub mod kvm_setup;
 pub mod layout;
 pub mod memory;

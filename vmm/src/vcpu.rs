@@ -17,14 +17,13 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest_walk;
+use crate::insn_fallback::{self, Fallback};
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> i32 {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
-const BP_VECTOR: u8 = 3;
-const INT3_OPCODE: u8 = 0xcc;
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 
 /// Why a vCPU stopped running.
@@ -46,7 +45,8 @@ pub struct Vcpu {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub mem: GuestMemoryMmap,
-    pub emulate_int3: bool,
+    /// Complete instructions the host's KVM cannot emulate (compat profile).
+    pub emulate_missing: bool,
     pub on_first_entry: Option<fn()>,
     pub stop: Arc<AtomicBool>,
     pub events: Sender<VcpuEvent>,
@@ -147,16 +147,16 @@ impl Vcpu {
         Step::Continue
     }
 
-    /// KVM could not emulate an instruction. `int3` is handled here (the host's
-    /// emulator refuses it in long mode) by delivering #BP as the CPU would;
-    /// anything else ends the VM with the instruction's address and bytes.
+    /// KVM could not emulate an instruction. With the compatibility profile,
+    /// the few instructions `insn_fallback` knows are completed here as the
+    /// CPU would; anything else ends the VM with the instruction's address and bytes.
     fn handle_internal_error(&mut self) -> Result<(), String> {
         // SAFETY: KVM filled the `internal` member of the union for this exit.
         let (suberror, ndata) = unsafe {
             let internal = &self.fd.get_kvm_run().__bindgen_anon_1.internal;
             (internal.suberror, internal.ndata)
         };
-        let regs = self
+        let mut regs = self
             .fd
             .get_regs()
             .map_err(|e| format!("KVM_GET_REGS failed: {e}"))?;
@@ -165,11 +165,17 @@ impl Vcpu {
             .get_sregs()
             .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
         let bytes = guest_walk::instruction_bytes(&self.mem, &sregs, regs.rip);
-        if suberror == KVM_INTERNAL_ERROR_EMULATION
-            && self.emulate_int3
-            && bytes.first() == Some(&INT3_OPCODE)
-        {
-            return self.inject_breakpoint(regs);
+        if suberror == KVM_INTERNAL_ERROR_EMULATION && self.emulate_missing {
+            let x87 = || self.fd.get_fpu().ok().map(|f| (f.fsw, f.fcw));
+            if let Some(fallback) = insn_fallback::decide(&bytes, x87) {
+                tracing::debug!(
+                    cpu = self.id,
+                    rip = format_args!("{:#x}", regs.rip),
+                    ?fallback,
+                    "instruction completed by the VMM"
+                );
+                return self.apply(fallback, &mut regs);
+            }
         }
         let shown: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
         Err(format!(
@@ -180,28 +186,34 @@ impl Vcpu {
         ))
     }
 
-    fn inject_breakpoint(&mut self, mut regs: kvm_bindings::kvm_regs) -> Result<(), String> {
-        // #BP is a trap: the handler sees RIP after the one-byte int3.
-        regs.rip += 1;
-        self.fd
-            .set_regs(&regs)
-            .map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;
+    fn apply(
+        &mut self,
+        fallback: Fallback,
+        regs: &mut kvm_bindings::kvm_regs,
+    ) -> Result<(), String> {
+        let vector = match fallback {
+            Fallback::Skip { len } | Fallback::TrapAfter { len, .. } => {
+                regs.rip += len;
+                self.fd
+                    .set_regs(regs)
+                    .map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;
+                match fallback {
+                    Fallback::TrapAfter { vector, .. } => vector,
+                    _ => return Ok(()),
+                }
+            }
+            Fallback::Fault { vector } => vector,
+        };
         let mut events: kvm_vcpu_events = self
             .fd
             .get_vcpu_events()
             .map_err(|e| format!("KVM_GET_VCPU_EVENTS failed: {e}"))?;
         events.exception.injected = 1;
-        events.exception.nr = BP_VECTOR;
+        events.exception.nr = vector;
         events.exception.has_error_code = 0;
         events.exception.error_code = 0;
         self.fd
             .set_vcpu_events(&events)
-            .map_err(|e| format!("KVM_SET_VCPU_EVENTS failed: {e}"))?;
-        tracing::debug!(
-            cpu = self.id,
-            rip = format_args!("{:#x}", regs.rip - 1),
-            "delivered #BP for int3"
-        );
-        Ok(())
+            .map_err(|e| format!("KVM_SET_VCPU_EVENTS failed: {e}"))
     }
 }

@@ -190,7 +190,7 @@ impl Vm {
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 mem: mem.clone(),
-                emulate_int3: profile.as_ref().is_some_and(|p| p.emulate_int3),
+                emulate_missing: profile.as_ref().is_some_and(|p| p.emulate_missing),
                 on_first_entry: if id == 0 { config.on_first_entry } else { None },
                 stop: stop.clone(),
                 events: tx.clone(),

@@ -123,7 +123,7 @@ fn pio_and_mmio_reach_their_bus_devices() {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         mem,
-        emulate_int3: false,
+        emulate_missing: false,
         on_first_entry: None,
         stop: stop.clone(),
         events: tx,

@@ -37,11 +37,15 @@ fn main() {
         Some("run") => run_program(&args[1..]),
         Some("bench") => {
             bench();
+            end_vm();
             return;
         }
         _ => {}
     }
     println!("selftest: started as pid {}", std::process::id());
+    if std::process::id() == 1 {
+        mount_basics();
+    }
     let steps: &[(&str, Step)] = &[
         ("fork-wait", fork_wait),
         ("exec", exec),
@@ -83,8 +87,33 @@ fn main() {
     }
 }
 
+/// As init, mounts what programs expect to find: /proc, /sys, /dev.
+fn mount_basics() {
+    for (source, target, fstype) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+    ] {
+        let (s, t, f) = (cstr(source), cstr(target), cstr(fstype));
+        // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+        if unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
+            println!(
+                "selftest: mount {target}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+fn cstr(s: &str) -> std::ffi::CString {
+    std::ffi::CString::new(s).expect("literal without NUL")
+}
+
 /// Runs a program as a guest process, reports its exit status, ends the VM.
 fn run_program(argv: &[String]) -> ! {
+    if std::process::id() == 1 {
+        mount_basics();
+    }
     let status = match argv.split_first() {
         Some((prog, rest)) => match std::process::Command::new(prog).args(rest).status() {
             Ok(s) => format!("{:?}", s.code()),
