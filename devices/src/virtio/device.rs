@@ -1,0 +1,54 @@
+//! The contract between a virtio device model and its transport.
+//!
+//! A device knows its type, features, config space and queue sizes; the
+//! transport (`mmio`) owns the negotiation with the driver and only calls
+//! `activate` once the driver has finished setting up valid queues. Queue
+//! notifications reach the device through the eventfds it exposes (the VMM
+//! registers them as ioeventfds; the transport also kicks them on a trapped
+//! QueueNotify write), so a device can be driven by an event loop alone.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{GuestMemory, VirtioInterrupt};
+
+/// Everything a device needs to start serving the driver.
+pub struct ActivateContext {
+    pub mem: GuestMemory,
+    /// One queue per entry of `queue_max_sizes()`, validated against `mem`.
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub acked_features: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("device expects {expected} queues, the transport gave {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("device is already active; the driver must reset it first")]
+    AlreadyActive,
+    #[error("cannot signal the device's event loop: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// A virtio device model, independent of the transport that exposes it.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (virtio 1.2, 5).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features offered to the driver.
+    fn avail_features(&self) -> u64;
+    /// Reads device config space; out-of-range bytes read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device config space; read-only devices ignore it.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Per-queue notification eventfds, in queue order.
+    fn queue_events(&self) -> &[EventFd];
+    /// Starts serving the driver.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Returns to the pre-activation state, dropping all backend state.
+    fn reset(&mut self);
+}

@@ -1,0 +1,35 @@
+//! Virtio: the transport and the contract every virtio device implements.
+//!
+//! The split follows the three parts of a device: `device` is the contract a
+//! device model fulfils (type, features, config space, activate/reset),
+//! `mmio` is the virtio-mmio transport that turns guest register accesses
+//! into calls on that contract, and `interrupt` is how a device signals the
+//! guest (an irqfd in the VMM, a plain eventfd in tests). Queue processing
+//! uses virtio-queue's split queues directly; the transport hands them over,
+//! validated, when the driver sets DRIVER_OK.
+
+mod device;
+mod interrupt;
+mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
+
+pub use device::{ActivateContext, ActivateError, VirtioDevice};
+pub use interrupt::{InterruptCause, IrqFdInterrupt, VirtioInterrupt};
+pub use mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+
+/// Guest memory as every virtio device sees it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Feature bit every modern (non-legacy) device offers.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;

@@ -1,0 +1,148 @@
+//! The vsock device's virtio contract: features, config space, activation.
+//!
+//! Everything event-driven (queue eventfds, the muxer's epoll fd, the
+//! activation eventfd) is created once, with the device, so the event-manager
+//! registrations never change across guest resets; activation only stores
+//! the queues and memory and kicks the event loop, reset drops them and every
+//! connection.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::muxer::{MuxerError, VsockMuxer};
+use super::{VsockMetrics, VIRTIO_ID_VSOCK};
+use crate::virtio::{
+    ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+};
+
+pub(super) const RXQ: usize = 0;
+pub(super) const TXQ: usize = 1;
+pub(super) const EVQ: usize = 2;
+const QUEUE_MAX_SIZES: [u16; 3] = [256; 3];
+
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest CID {0} is reserved (CIDs 0, 1, 2 and u32::MAX are not guest CIDs)")]
+    ReservedCid(u64),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error(transparent)]
+    Muxer(#[from] MuxerError),
+}
+
+/// How the VMM configures a vsock device.
+#[derive(Debug, Clone)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    /// Host Unix socket PATH; guest connections to port P go to `PATH_P`.
+    pub uds_path: PathBuf,
+    /// Cap on simultaneous connections (plus pending host handshakes).
+    pub max_connections: usize,
+}
+
+/// What activation hands over, dropped on reset.
+pub(super) struct Active {
+    pub mem: GuestMemory,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+pub struct VsockDevice {
+    pub(super) guest_cid: u64,
+    pub(super) queue_evts: Vec<EventFd>,
+    pub(super) activate_evt: EventFd,
+    pub(super) active: Option<Active>,
+    pub(super) muxer: VsockMuxer,
+    pub(super) metrics: Arc<VsockMetrics>,
+}
+
+impl VsockDevice {
+    pub fn new(config: &VsockConfig) -> Result<Self, VsockError> {
+        let cid = config.guest_cid;
+        if cid <= 2 || cid >= u64::from(u32::MAX) {
+            return Err(VsockError::ReservedCid(cid));
+        }
+        let evt = || EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd);
+        let metrics = Arc::new(VsockMetrics::default());
+        Ok(Self {
+            guest_cid: cid,
+            queue_evts: vec![evt()?, evt()?, evt()?],
+            activate_evt: evt()?,
+            active: None,
+            muxer: VsockMuxer::new(
+                cid,
+                &config.uds_path,
+                config.max_connections,
+                metrics.clone(),
+            )?,
+            metrics,
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<VsockMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Open guest connections, for tests and diagnostics.
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+}
+
+impl VirtioDevice for VsockDevice {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_MAX_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = offset
+                .checked_add(i as u64)
+                .and_then(|o| usize::try_from(o).ok());
+            *b = at.and_then(|o| config.get(o)).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        tracing::warn!(offset, "vsock: guest wrote read-only config space");
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if ctx.queues.len() != QUEUE_MAX_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_MAX_SIZES.len(),
+                got: ctx.queues.len(),
+            });
+        }
+        self.active = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            interrupt: ctx.interrupt,
+        });
+        self.activate_evt.write(1).map_err(ActivateError::Signal)
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.muxer.reset();
+    }
+}

@@ -1,0 +1,155 @@
+//! What the vsock device does on each event-manager event.
+//!
+//! One `process()` dispatches on the event's token: a queue kick, host-side
+//! activity in the muxer, or activation. Queue work is two loops: TX pops
+//! guest packets and feeds them to the muxer; RX fills guest buffers with what
+//! the muxer owes the guest. Malformed chains are returned used with length 0
+//! and counted; they never stop other connections. The guest is interrupted
+//! once per `process()`, if any queue was used.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vmm_sys_util::epoll::EventSet;
+
+use super::device::{Active, VsockDevice, EVQ, RXQ, TXQ};
+use super::muxer::VsockMuxer;
+use super::packet::MAX_PKT_DATA;
+use super::VsockMetrics;
+use crate::virtio::InterruptCause;
+
+pub const PROCESS_RXQ: u32 = 0;
+pub const PROCESS_TXQ: u32 = 1;
+pub const PROCESS_EVQ: u32 = 2;
+pub const PROCESS_BACKEND: u32 = 3;
+pub const PROCESS_ACTIVATE: u32 = 4;
+
+impl VsockDevice {
+    fn handle(&mut self, token: u32) {
+        let Some(active) = self.active.as_mut() else {
+            // Host clients may connect before the guest driver is up.
+            if token == PROCESS_BACKEND {
+                self.muxer.process_events();
+            }
+            return;
+        };
+        let mut used_rx = false;
+        let mut used_tx = false;
+        match token {
+            PROCESS_RXQ => {}
+            PROCESS_TXQ | PROCESS_ACTIVATE => {
+                used_tx = process_tx(active, &mut self.muxer, &self.metrics)
+            }
+            PROCESS_BACKEND => self.muxer.process_events(),
+            _ => return,
+        }
+        used_rx |= process_rx(active, &mut self.muxer, &self.metrics);
+        signal(active, TXQ, used_tx);
+        signal(active, RXQ, used_rx);
+    }
+}
+
+fn process_tx(active: &mut Active, muxer: &mut VsockMuxer, metrics: &VsockMetrics) -> bool {
+    let Active { mem, queues, .. } = active;
+    let queue = &mut queues[TXQ];
+    let mut used = false;
+    while let Some(mut chain) = queue.pop_descriptor_chain(&*mem) {
+        match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
+            Ok(pkt) => {
+                metrics.tx_packets.fetch_add(1, Ordering::Relaxed);
+                muxer.send_pkt(&pkt);
+            }
+            Err(e) => {
+                metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("vsock: dropping malformed TX chain: {e}");
+            }
+        }
+        if let Err(e) = queue.add_used(&*mem, chain.head_index(), 0) {
+            tracing::error!("vsock: cannot return a TX buffer: {e}");
+        }
+        used = true;
+    }
+    used
+}
+
+fn process_rx(active: &mut Active, muxer: &mut VsockMuxer, metrics: &VsockMetrics) -> bool {
+    let Active { mem, queues, .. } = active;
+    let queue = &mut queues[RXQ];
+    let mut used = false;
+    while muxer.has_pending_rx() {
+        let Some(mut chain) = queue.pop_descriptor_chain(&*mem) else {
+            break;
+        };
+        let len = match VsockPacket::from_rx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
+            Ok(mut pkt) => {
+                if !muxer.recv_pkt(&mut pkt) {
+                    queue.go_to_previous_position();
+                    break;
+                }
+                metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
+                PKT_HEADER_SIZE as u32 + pkt.len()
+            }
+            Err(e) => {
+                metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("vsock: dropping malformed RX buffer: {e}");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(&*mem, chain.head_index(), len) {
+            tracing::error!("vsock: cannot return an RX buffer: {e}");
+        }
+        used = true;
+    }
+    used
+}
+
+fn signal(active: &mut Active, index: usize, used: bool) {
+    if !used {
+        return;
+    }
+    let needed = active.queues[index].needs_notification(&active.mem);
+    if needed.unwrap_or(true) {
+        if let Err(e) = active.interrupt.trigger(InterruptCause::Queue) {
+            tracing::error!("vsock: cannot interrupt the guest: {e}");
+        }
+    }
+}
+
+impl MutEventSubscriber for VsockDevice {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let token = events.data();
+        let evt = match token {
+            PROCESS_RXQ => Some(&self.queue_evts[RXQ]),
+            PROCESS_TXQ => Some(&self.queue_evts[TXQ]),
+            PROCESS_EVQ => Some(&self.queue_evts[EVQ]),
+            PROCESS_ACTIVATE => Some(&self.activate_evt),
+            _ => None,
+        };
+        if let Some(evt) = evt {
+            // Nonblocking: a spurious wake-up reads EAGAIN, which is harmless.
+            let _ = evt.read();
+        }
+        self.handle(token);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let registrations = [
+            (self.queue_evts[RXQ].as_raw_fd(), PROCESS_RXQ),
+            (self.queue_evts[TXQ].as_raw_fd(), PROCESS_TXQ),
+            (self.queue_evts[EVQ].as_raw_fd(), PROCESS_EVQ),
+            (self.activate_evt.as_raw_fd(), PROCESS_ACTIVATE),
+            (self.muxer.epoll_fd(), PROCESS_BACKEND),
+        ];
+        for (fd, token) in registrations {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
+                tracing::error!(
+                    token,
+                    "vsock: cannot register with the event manager: {e:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Connection flows a well-behaved guest and host go through.
+
+use std::io::{ErrorKind, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixListener;
+
+use super::*;
+use crate::vsock::csm::TX_BUF_SIZE;
+
+#[test]
+fn host_initiated_connection_carries_data_both_ways() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(1234);
+    host.write_all(b"ping").unwrap();
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].0.dst_port, &pkts[0].1[..]),
+        (OP_RW, 1234, &b"ping"[..])
+    );
+    assert_eq!(pkts[0].0.dst_cid, CID);
+    h.send(Hdr::guest(1234, local, OP_RW), b"pong");
+    let mut got = Vec::new();
+    read_avail(&mut host, &mut got);
+    assert_eq!(got, b"pong");
+    assert_eq!(h.conns(), 1);
+}
+
+#[test]
+fn guest_initiated_connection_is_bridged_to_the_port_socket() {
+    let mut h = Harness::new();
+    let listener = UnixListener::bind(format!("{}_5000", h.path.display())).unwrap();
+    h.send(Hdr::guest(40000, 5000, OP_REQUEST), &[]);
+    let pkts = h.recv();
+    assert_eq!(pkts[0].0.op, OP_RESPONSE);
+    assert_eq!((pkts[0].0.src_port, pkts[0].0.dst_port), (5000, 40000));
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_nonblocking(true).unwrap();
+    h.send(Hdr::guest(40000, 5000, OP_RW), b"hello host");
+    let mut got = Vec::new();
+    read_avail(&mut host, &mut got);
+    assert_eq!(got, b"hello host");
+    host.write_all(b"hello guest").unwrap();
+    let pkts = h.recv();
+    assert_eq!(pkts[0].1, b"hello guest");
+}
+
+#[test]
+fn guest_connect_to_a_port_nobody_listens_on_gets_rst() {
+    let mut h = Harness::new();
+    h.send(Hdr::guest(40000, 5001, OP_REQUEST), &[]);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!((pkts[0].0.op, pkts[0].0.dst_port), (OP_RST, 40000));
+    assert_eq!(h.conns(), 0);
+}
+
+#[test]
+fn packet_for_an_unknown_connection_gets_rst() {
+    let mut h = Harness::new();
+    h.send(Hdr::guest(40000, 7777, OP_RW), b"who?");
+    let pkts = h.recv();
+    assert_eq!((pkts[0].0.op, pkts[0].0.src_port), (OP_RST, 7777));
+}
+
+#[test]
+fn sixteen_mib_each_way_arrive_intact() {
+    const TOTAL: usize = 16 << 20;
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(80);
+    let g = |op| Hdr {
+        buf_alloc: 4 << 20,
+        ..Hdr::guest(80, local, op)
+    };
+    h.send(g(OP_CREDIT_UPDATE), &[]);
+
+    // Host -> guest, the guest returning credit as it consumes.
+    let data = pattern(TOTAL, 1);
+    let (mut written, mut got) = (0, Vec::with_capacity(TOTAL));
+    while got.len() < TOTAL {
+        if written < TOTAL {
+            match host.write(&data[written..TOTAL.min(written + (1 << 20))]) {
+                Ok(n) => written += n,
+                Err(e) => assert_eq!(e.kind(), ErrorKind::WouldBlock),
+            }
+        }
+        for (hdr, d) in h.recv() {
+            assert_eq!(hdr.op, OP_RW);
+            got.extend_from_slice(&d);
+        }
+        h.send(
+            Hdr {
+                fwd_cnt: got.len() as u32,
+                ..g(OP_CREDIT_UPDATE)
+            },
+            &[],
+        );
+    }
+    assert_eq!(checksum(&got), checksum(&data));
+
+    // Guest -> host, within the device's advertised credit.
+    let data = pattern(TOTAL, 2);
+    let (mut sent, mut peer_fwd, mut peer_alloc) = (0usize, 0u32, TX_BUF_SIZE);
+    let mut recvd = Vec::with_capacity(TOTAL);
+    while recvd.len() < TOTAL {
+        while sent < TOTAL {
+            let credit =
+                (peer_alloc as usize).saturating_sub((sent as u32).wrapping_sub(peer_fwd) as usize);
+            let chunk = credit.min(64 * 1024).min(TOTAL - sent);
+            if chunk == 0 {
+                break;
+            }
+            h.send(g(OP_RW), &data[sent..sent + chunk]);
+            sent += chunk;
+        }
+        read_avail(&mut host, &mut recvd);
+        for (hdr, _) in h.recv() {
+            assert_ne!(hdr.op, OP_RST);
+            (peer_fwd, peer_alloc) = (hdr.fwd_cnt, hdr.buf_alloc);
+        }
+    }
+    assert_eq!(checksum(&recvd), checksum(&data));
+}
+
+#[test]
+fn flow_control_stops_the_host_until_the_guest_returns_credit() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(81);
+    let g = |op, fwd| Hdr {
+        buf_alloc: 64 * 1024,
+        fwd_cnt: fwd,
+        ..Hdr::guest(81, local, op)
+    };
+    h.send(g(OP_CREDIT_UPDATE, 0), &[]);
+    host.write_all(&pattern(150 * 1024, 3)).unwrap();
+
+    let pkts = h.recv();
+    let delivered: usize = pkts.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(delivered, 64 * 1024);
+    assert!(pkts.iter().any(|(hdr, _)| hdr.op == OP_CREDIT_REQUEST));
+    assert!(
+        h.recv().is_empty(),
+        "sender must stay stopped without credit"
+    );
+
+    h.send(g(OP_CREDIT_UPDATE, 64 * 1024), &[]);
+    let delivered: usize = h.recv().iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(delivered, 64 * 1024);
+}
+
+#[test]
+fn guest_ignoring_credit_gets_rst() {
+    let mut h = Harness::new();
+    let (_host, local) = h.host_connect(82);
+    let chunk = vec![7u8; 64 * 1024];
+    let mut rst = false;
+    for _ in 0..16 {
+        h.send(Hdr::guest(82, local, OP_RW), &chunk);
+        rst |= h.recv().iter().any(|(hdr, _)| hdr.op == OP_RST);
+    }
+    assert!(rst);
+    assert_eq!(h.conns(), 0);
+}
+
+#[test]
+fn guest_half_close_then_host_close() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(83);
+    h.send(Hdr::guest(83, local, OP_RW), b"last words");
+    h.send(
+        Hdr {
+            flags: SHUTDOWN_SEND,
+            ..Hdr::guest(83, local, OP_SHUTDOWN)
+        },
+        &[],
+    );
+    let mut got = Vec::new();
+    assert_eq!(read_avail(&mut host, &mut got), Some(10));
+    assert_eq!(
+        read_avail(&mut host, &mut Vec::new()),
+        None,
+        "host must see EOF"
+    );
+    host.write_all(b"reply").unwrap();
+    assert_eq!(h.recv()[0].1, b"reply");
+    host.shutdown(Shutdown::Write).unwrap();
+    let ops: Vec<u16> = h.recv().iter().map(|(hdr, _)| hdr.op).collect();
+    assert_eq!(ops, [OP_SHUTDOWN, OP_RST]);
+    assert_eq!(h.conns(), 0);
+}
+
+#[test]
+fn host_half_close_then_guest_close() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(84);
+    host.shutdown(Shutdown::Write).unwrap();
+    let pkts = h.recv();
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].0.flags),
+        (OP_SHUTDOWN, SHUTDOWN_SEND)
+    );
+    h.send(Hdr::guest(84, local, OP_RW), b"still here");
+    let mut got = Vec::new();
+    read_avail(&mut host, &mut got);
+    assert_eq!(got, b"still here");
+    let both = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    h.send(
+        Hdr {
+            flags: both,
+            ..Hdr::guest(84, local, OP_SHUTDOWN)
+        },
+        &[],
+    );
+    assert_eq!(h.recv()[0].0.op, OP_RST);
+    assert_eq!(read_avail(&mut host, &mut Vec::new()), None);
+    assert_eq!(h.conns(), 0);
+}
+
+#[test]
+fn sixty_four_concurrent_connections() {
+    let mut h = Harness::new();
+    let listener = UnixListener::bind(format!("{}_6000", h.path.display())).unwrap();
+    let mut hosts = Vec::new();
+    for port in 1000..1064 {
+        h.send(Hdr::guest(port, 6000, OP_REQUEST), &[]);
+        let (s, _) = listener.accept().unwrap();
+        s.set_nonblocking(true).unwrap();
+        hosts.push(s);
+    }
+    let responses = h
+        .recv()
+        .iter()
+        .filter(|(hdr, _)| hdr.op == OP_RESPONSE)
+        .count()
+        + h.recv()
+            .iter()
+            .filter(|(hdr, _)| hdr.op == OP_RESPONSE)
+            .count();
+    assert_eq!(responses, 64);
+    assert_eq!(h.conns(), 64);
+    for (i, port) in (1000..1064).enumerate() {
+        h.send(Hdr::guest(port, 6000, OP_RW), format!("to {i}").as_bytes());
+        hosts[i].write_all(format!("from {i}").as_bytes()).unwrap();
+    }
+    for (i, host) in hosts.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        read_avail(host, &mut got);
+        assert_eq!(got, format!("to {i}").as_bytes());
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.extend(h.recv().into_iter().map(|(hdr, d)| (hdr.dst_port, d)));
+    }
+    seen.sort();
+    let want: Vec<_> = (0..64)
+        .map(|i| (1000 + i, format!("from {i}").into_bytes()))
+        .collect();
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn device_reset_tears_down_every_connection() {
+    let mut h = Harness::new();
+    let (mut host, _) = h.host_connect(85);
+    h.drv.write_reg(0x70, 0);
+    assert_eq!(h.conns(), 0);
+    assert_eq!(read_avail(&mut host, &mut Vec::new()), None);
+}

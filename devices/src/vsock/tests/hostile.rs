@@ -1,0 +1,158 @@
+//! A hostile or broken guest and host: rejected, counted, and never able to
+//! stop the device from serving everybody else.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
+use vm_memory::Bytes;
+
+use super::*;
+use crate::virtio::test_utils::MEM_SIZE;
+
+// A working connection, to prove the device still serves after each abuse.
+fn still_serves(h: &mut Harness, host: &mut UnixStream, local: u32, port: u32) {
+    h.send(Hdr::guest(port, local, OP_RW), b"alive");
+    let mut got = Vec::new();
+    read_avail(host, &mut got);
+    assert_eq!(got, b"alive");
+}
+
+#[test]
+fn malformed_tx_chains_are_dropped_and_counted() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(90);
+    let slot_addr = |h: &Harness, i| h.drv.buf_addr(TXQ, i).0;
+
+    // Header descriptor shorter than a vsock header.
+    h.send_raw(&[&[0u8; 20]]);
+    // A descriptor loop: the head points at itself.
+    let head = h.drv.free_slots(TXQ) as u16 * 2 - 2;
+    let a = slot_addr(&h, head);
+    h.drv
+        .add_raw(TXQ, &[(a, HDR as u32, VRING_DESC_F_NEXT as u16, head)])
+        .unwrap();
+    h.drv.kick(TXQ);
+    // Data past the end of guest memory.
+    let mut hdr = Hdr::guest(90, local, OP_RW);
+    hdr.len = 4096;
+    let head = h.drv.free_slots(TXQ) as u16 * 2 - 2;
+    let a = slot_addr(&h, head);
+    h.drv
+        .mem
+        .write_slice(&hdr.bytes(), vm_memory::GuestAddress(a))
+        .unwrap();
+    let descs = [
+        (a, HDR as u32, VRING_DESC_F_NEXT as u16, head + 1),
+        (MEM_SIZE - 16, 4096, 0, 0),
+    ];
+    h.drv.add_raw(TXQ, &descs).unwrap();
+    h.drv.kick(TXQ);
+    h.pump();
+    h.drv.take_used(TXQ);
+
+    assert_eq!(h.metric(|m| &m.malformed), 3);
+    still_serves(&mut h, &mut host, local, 90);
+}
+
+#[test]
+fn bad_header_fields_get_rst_or_are_dropped() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(91);
+    h.send(
+        Hdr {
+            op: 99,
+            ..Hdr::guest(91, 4444, 0)
+        },
+        &[],
+    );
+    h.send(
+        Hdr {
+            type_: 2,
+            ..Hdr::guest(91, 4445, OP_REQUEST)
+        },
+        &[],
+    );
+    h.send(
+        Hdr {
+            src_cid: 77,
+            ..Hdr::guest(91, local, OP_RW)
+        },
+        b"spoofed",
+    );
+    let mut hdr = Hdr::guest(91, local, OP_RW);
+    hdr.len = MAX_PKT_DATA + 1;
+    h.send_raw(&[&hdr.bytes(), b"x"]);
+    let rsts: Vec<u32> = h
+        .recv()
+        .iter()
+        .filter(|(p, _)| p.op == OP_RST)
+        .map(|(p, _)| p.src_port)
+        .collect();
+    assert_eq!(rsts, [4444, 4445]);
+    assert_eq!(h.metric(|m| &m.malformed), 4);
+    still_serves(&mut h, &mut host, local, 91);
+}
+
+#[test]
+fn malformed_rx_buffers_are_skipped() {
+    let mut h = Harness::new();
+    let (mut host, _) = h.host_connect(92);
+    // Replace the offered RX buffers with read-only ones.
+    h.drv.write_reg(0x70, 0);
+    h.drv.init();
+    while h
+        .drv
+        .add_readable(RXQ, &[&[0u8; HDR], &[0u8; 16]])
+        .is_some()
+    {}
+    h.drv.kick(RXQ);
+    let mut host2 = UnixStream::connect(&h.path).unwrap();
+    host2.write_all(b"CONNECT 5\n").unwrap();
+    h.pump();
+    assert!(h.metric(|m| &m.malformed) > 0);
+    // The device reset closed the first host connection.
+    assert_eq!(read_avail(&mut host, &mut Vec::new()), None);
+}
+
+#[test]
+fn bad_connect_lines_close_the_host_connection() {
+    let mut h = Harness::new();
+    for line in [&b"HELLO 52\n"[..], b"CONNECT notaport\n", &[b'9'; 40][..]] {
+        let mut s = UnixStream::connect(&h.path).unwrap();
+        s.write_all(line).unwrap();
+        h.pump();
+        s.set_nonblocking(true).unwrap();
+        assert_eq!(read_avail(&mut s, &mut Vec::new()), None, "{line:?}");
+    }
+    assert!(h.recv().is_empty());
+    assert_eq!(h.conns(), 0);
+}
+
+#[test]
+fn connect_to_a_port_the_guest_does_not_listen_on_closes_the_host() {
+    let mut h = Harness::new();
+    let mut s = UnixStream::connect(&h.path).unwrap();
+    s.write_all(b"CONNECT 4000\n").unwrap();
+    let req = h.recv()[0].0;
+    assert_eq!((req.op, req.dst_port), (OP_REQUEST, 4000));
+    h.send(Hdr::guest(4000, req.src_port, OP_RST), &[]);
+    s.set_nonblocking(true).unwrap();
+    assert_eq!(read_avail(&mut s, &mut Vec::new()), None);
+    assert_eq!(h.conns(), 0);
+    assert!(h.recv().is_empty(), "no RST answers an RST");
+}
+
+#[test]
+fn connection_limit_is_enforced() {
+    let mut h = Harness::with_max_conns(2);
+    let _a = h.host_connect(1);
+    let _b = h.host_connect(2);
+    let mut c = UnixStream::connect(&h.path).unwrap();
+    c.write_all(b"CONNECT 3\n").unwrap();
+    h.pump();
+    c.set_nonblocking(true).unwrap();
+    assert_eq!(read_avail(&mut c, &mut Vec::new()), None);
+    assert!(h.recv().is_empty());
+    assert_eq!(h.conns(), 2);
+}
