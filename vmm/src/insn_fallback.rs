@@ -34,12 +34,12 @@ pub enum Fallback {
 /// Decides what to do with the instruction `bytes` at RIP. `x87` yields the
 /// FPU status and control words, read only when an instruction needs them.
 pub fn decide(bytes: &[u8], x87: impl FnOnce() -> Option<(u16, u16)>) -> Option<Fallback> {
-    match bytes.first()? {
-        &INT3 => Some(Fallback::TrapAfter {
+    match *bytes.first()? {
+        INT3 => Some(Fallback::TrapAfter {
             len: 1,
             vector: BP_VECTOR,
         }),
-        &FWAIT => {
+        FWAIT => {
             let (status, control) = x87()?;
             let pending = status & !control & X87_EXCEPTIONS;
             Some(if pending != 0 {

@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod compat;
 pub mod cpuid;
+pub mod device_manager;
 pub mod guest_walk;
 pub mod insn_fallback;
 pub mod kvm_setup;
@@ -20,4 +21,5 @@ pub mod vcpu;
 pub mod vm;
 
 pub use compat::{CompatMode, CompatProfile, HostKvm};
+pub use device_manager::VsockSpec;
 pub use vm::{ConsoleTarget, RunReport, Vm, VmConfig, VmError, VmOutcome};

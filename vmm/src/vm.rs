@@ -28,6 +28,7 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::kernel::{self, KernelEntry};
 use crate::boot::{cpu_state, mptable, params};
 use crate::compat::{CompatMode, CompatProfile, HostKvm};
+use crate::device_manager::{DeviceError, DeviceManager, DeviceThread, VsockSpec};
 use crate::kvm_setup::{self, KvmSetupError};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{kick_signal, Vcpu, VcpuEvent};
@@ -54,6 +55,7 @@ pub struct VmConfig {
     pub compat: CompatMode,
     /// Called on vCPU 0's thread just before its first KVM_RUN.
     pub on_first_entry: Option<fn()>,
+    pub vsock: Option<VsockSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +83,8 @@ pub enum VmError {
     EventFd(std::io::Error),
     #[error("cannot place a device on the bus: {0}")]
     Bus(#[from] husk_devices::bus::BusError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("VM control loop failed: {0}")]
     EventLoop(std::io::Error),
     #[error("cannot start vCPU thread: {0}")]
@@ -117,6 +121,7 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     console_log: ConsoleLog,
     reset_evt: EventFd,
+    device_thread: Option<DeviceThread>,
     /// Written by a vCPU after it sends a `VcpuEvent`.
     vcpu_wake: EventFd,
     stop: Arc<AtomicBool>,
@@ -145,13 +150,17 @@ impl Vm {
             )?),
             None => None,
         };
-        let mut cmdline = config
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if let Some(p) = &profile {
-            cmdline = format!("{cmdline} {}", p.cmdline);
+        let mut mmio = Bus::new();
+        let mut devices = DeviceManager::new();
+        if let Some(spec) = &config.vsock {
+            devices.add_vsock(&fd, &mem, &mut mmio, spec)?;
         }
+        let mut kernel_words = devices.cmdline.clone();
+        if let Some(p) = &profile {
+            kernel_words.push(p.cmdline.to_string());
+        }
+        let base = config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        let cmdline = with_kernel_words(base, &kernel_words);
         let parsed = params::cmdline(&cmdline)?;
         mptable::setup(&mem, config.cpus)?;
         let boot_info = match &loaded.entry {
@@ -165,7 +174,8 @@ impl Vm {
         let console_log = ConsoleLog::new();
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         let pio = Arc::new(legacy_devices(&fd, config, &console_log, &reset_evt)?);
-        let mmio = Arc::new(Bus::new());
+        let mmio = Arc::new(mmio);
+        let device_thread = devices.start()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = channel();
         let vcpu_wake = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
@@ -205,6 +215,7 @@ impl Vm {
             console_log,
             reset_evt,
             vcpu_wake,
+            device_thread,
             stop,
             events,
             cmdline,
@@ -234,6 +245,9 @@ impl Vm {
         }
         let result = self.control_loop();
         self.stop_vcpus(threads);
+        if let Some(devices) = self.device_thread.take() {
+            devices.stop();
+        }
         result
     }
 
@@ -328,6 +342,22 @@ impl Vm {
     }
 }
 
+/// Adds kernel parameters to a command line, before any `--` (after which
+/// every word is an argument for /init).
+pub fn with_kernel_words(cmdline: &str, words: &[String]) -> String {
+    if words.is_empty() {
+        return cmdline.to_string();
+    }
+    let extra = words.join(" ");
+    let padded = format!(" {cmdline} ");
+    match padded.find(" -- ") {
+        Some(at) => format!("{} {extra} {}", padded[..at].trim(), padded[at..].trim())
+            .trim()
+            .to_string(),
+        None => format!("{} {extra}", cmdline.trim()),
+    }
+}
+
 fn legacy_devices(
     fd: &VmFd,
     config: &VmConfig,
@@ -356,4 +386,24 @@ fn legacy_devices(
         I8042_LEN,
     )?;
     Ok(pio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_words_go_before_init_arguments() {
+        let words = vec!["a=1".to_string(), "b".to_string()];
+        assert_eq!(
+            with_kernel_words("console=ttyS0", &words),
+            "console=ttyS0 a=1 b"
+        );
+        assert_eq!(
+            with_kernel_words("console=ttyS0 -- run x -- y", &words),
+            "console=ttyS0 a=1 b -- run x -- y"
+        );
+        assert_eq!(with_kernel_words("-- idle", &words), "a=1 b -- idle");
+        assert_eq!(with_kernel_words("console=ttyS0", &[]), "console=ttyS0");
+    }
 }

@@ -136,6 +136,7 @@ fn pvh_guest_sees_the_promised_boot_state() {
         console: ConsoleTarget::File(console.clone()),
         compat: CompatMode::Off,
         on_first_entry: None,
+        vsock: None,
     };
     let report = Vm::new(&config).unwrap().run().unwrap();
     assert_eq!(report.outcome, VmOutcome::Reset);

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-const MODES: &[&str] = &["exec-child", "exit", "idle", "run", "bench"];
+const MODES: &[&str] = &["exec-child", "exit", "idle", "run", "bench", "vsock"];
 
 /// One self-test step: Ok, or what went wrong.
 type Step = fn() -> Result<(), String>;
@@ -35,6 +35,7 @@ fn main() {
         Some("exit") => std::process::exit(3),
         Some("idle") => idle(),
         Some("run") => run_program(&args[1..]),
+        Some("vsock") => vsock_roundtrip(&args[1..]),
         Some("bench") => {
             bench();
             end_vm();
@@ -136,6 +137,94 @@ fn end_vm() {
             libc::reboot(libc::RB_AUTOBOOT);
         }
     }
+}
+
+/// `vsock LISTEN_PORT HOST_PORT`: says hello to the host's HOST_PORT, then
+/// echoes one host connection on LISTEN_PORT until it closes; ends the VM.
+fn vsock_roundtrip(args: &[String]) -> ! {
+    let port = |i: usize| args.get(i).and_then(|p| p.parse::<u32>().ok());
+    let result = match (port(0), port(1)) {
+        (Some(listen), Some(host)) => vsock_hello(host).and_then(|()| vsock_echo(listen)),
+        _ => Err("usage: vsock LISTEN_PORT HOST_PORT".into()),
+    };
+    match result {
+        Ok(n) => println!("HUSK-VSOCK-ECHOED {n}"),
+        Err(e) => println!("HUSK-VSOCK-FAILED {e}"),
+    }
+    end_vm();
+    std::process::exit(0)
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    addr
+}
+
+fn vsock_socket_fd() -> Result<std::os::fd::OwnedFd, String> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        return Err(errno("socket(AF_VSOCK)"));
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+fn vsock_hello(host_port: u32) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let sock = vsock_socket_fd()?;
+    let addr = vsock_addr(libc::VMADDR_CID_HOST, host_port);
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: connect(2) with a valid sockaddr_vm of the given length.
+    if unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(errno("connect to the host"));
+    }
+    let mut stream = std::fs::File::from(sock);
+    stream
+        .write_all(b"hello from the guest\n")
+        .map_err(|e| format!("write to the host: {e}"))
+}
+
+fn vsock_echo(port: u32) -> Result<u64, String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let sock = vsock_socket_fd()?;
+    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: bind/listen/accept on our socket with a valid address.
+    let conn = unsafe {
+        if libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            len,
+        ) != 0
+        {
+            return Err(errno("bind"));
+        }
+        if libc::listen(sock.as_raw_fd(), 1) != 0 {
+            return Err(errno("listen"));
+        }
+        println!("HUSK-VSOCK-LISTENING {port}");
+        let _ = std::io::stdout().flush();
+        let fd = libc::accept(sock.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut());
+        if fd < 0 {
+            return Err(errno("accept"));
+        }
+        std::fs::File::from_raw_fd(fd)
+    };
+    let mut reader = &conn;
+    let mut writer = &conn;
+    std::io::copy(&mut reader, &mut writer).map_err(|e| format!("echo: {e}"))
 }
 
 /// Announces an idle guest (for `husk bench boot`) and sleeps forever.

@@ -33,6 +33,9 @@ pub struct VmArgs {
     /// Host compatibility profile for software-KVM hosts: auto, on or off.
     #[arg(long, default_value = "auto")]
     compat: CompatMode,
+    /// Add a virtio-vsock device: cid=N (default 3), uds=PATH (the host Unix socket bridge).
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<husk_vmm::VsockSpec>,
     /// Print a machine-readable line on stderr when vCPU 0 first enters the guest (for `husk bench`).
     #[arg(long, hide = true)]
     report_timing: bool,
@@ -52,6 +55,7 @@ impl VmArgs {
                 .map_or(ConsoleTarget::Stdout, ConsoleTarget::File),
             compat: self.compat,
             on_first_entry: None,
+            vsock: self.vsock.clone(),
         }
     }
 }

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses part of this
 //! Shared helpers for real-guest tests: the guest assets and running `husk vm`.
 
 use std::collections::HashMap;

@@ -1,0 +1,254 @@
+//! The VM's virtio devices: where each sits, how the guest learns of it, and
+//! the one thread that runs all their event handling.
+//!
+//! Each device gets a 4 KiB virtio-mmio window in the MMIO gap and one legacy
+//! IRQ from 5 up, announced with `virtio_mmio.device=4K@<base>:<irq>` on the
+//! kernel command line. Queue notifications arrive by ioeventfd and
+//! interrupts leave by irqfd, so the vCPU threads never run device code for
+//! them; the device thread runs event-manager, one `process()` per device.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use husk_devices::bus::Bus;
+use husk_devices::virtio::{IrqFdInterrupt, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+use husk_devices::vsock::{VsockConfig, VsockDevice};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::layout::MMIO_GAP_START;
+
+/// First legacy IRQ for virtio devices (0-4 are PIT, keyboard, cascade, COM2, COM1).
+const FIRST_VIRTIO_IRQ: u32 = 5;
+/// Legacy IRQs the MP table routes (IOAPIC pins).
+const LAST_VIRTIO_IRQ: u32 = 23;
+/// Open guest connections one vsock device allows.
+const VSOCK_MAX_CONNECTIONS: usize = 1024;
+
+/// A vsock device as the user asks for it (`--vsock cid=3,uds=PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    pub cid: u64,
+    pub uds: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("too many virtio devices: only IRQs {FIRST_VIRTIO_IRQ}-{LAST_VIRTIO_IRQ} are free")]
+    NoIrq,
+    #[error("cannot create the vsock device: {0}")]
+    Vsock(#[from] husk_devices::vsock::VsockError),
+    #[error("cannot create the virtio-mmio transport: {0}")]
+    Transport(#[from] husk_devices::virtio::MmioError),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("cannot register {what} with KVM: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot place the device on the MMIO bus: {0}")]
+    Bus(#[from] husk_devices::bus::BusError),
+    #[error("cannot start the device event loop: {0}")]
+    EventManager(String),
+    #[error("cannot start the device thread: {0}")]
+    Thread(std::io::Error),
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Virtio devices being set up for one VM.
+#[derive(Default)]
+pub struct DeviceManager {
+    subscribers: Vec<Subscriber>,
+    /// Kernel command-line words announcing the devices.
+    pub cmdline: Vec<String>,
+}
+
+impl DeviceManager {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a vsock device bridged to host Unix sockets at `spec.uds`.
+    pub fn add_vsock(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        spec: &VsockSpec,
+    ) -> Result<(), DeviceError> {
+        let config = VsockConfig {
+            guest_cid: spec.cid,
+            uds_path: spec.uds.clone(),
+            max_connections: VSOCK_MAX_CONNECTIONS,
+        };
+        let device = Arc::new(Mutex::new(VsockDevice::new(&config)?));
+        self.add_mmio(vm, mem, mmio, device.clone())?;
+        self.subscribers.push(device);
+        Ok(())
+    }
+
+    fn add_mmio<D>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        device: Arc<Mutex<D>>,
+    ) -> Result<(), DeviceError>
+    where
+        D: husk_devices::virtio::VirtioDevice + 'static,
+    {
+        let index = self.cmdline.len() as u32;
+        let irq = FIRST_VIRTIO_IRQ + index;
+        if irq > LAST_VIRTIO_IRQ {
+            return Err(DeviceError::NoIrq);
+        }
+        let base = MMIO_GAP_START + u64::from(index) * MMIO_LEN;
+        let interrupt = Arc::new(IrqFdInterrupt::new(
+            EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
+        ));
+        vm.register_irqfd(interrupt.irqfd(), irq)
+            .map_err(|source| DeviceError::Kvm {
+                what: "the device irqfd",
+                source,
+            })?;
+        let transport = MmioTransport::new(mem.clone(), device, interrupt)?;
+        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                queue as u32,
+            )
+            .map_err(|source| DeviceError::Kvm {
+                what: "a queue ioeventfd",
+                source,
+            })?;
+        }
+        mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)?;
+        self.cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        Ok(())
+    }
+
+    /// Starts the device thread; `None` when there are no virtio devices.
+    pub fn start(self) -> Result<Option<DeviceThread>, DeviceError> {
+        if self.subscribers.is_empty() {
+            return Ok(None);
+        }
+        let mut manager = EventManager::<Subscriber>::new()
+            .map_err(|e| DeviceError::EventManager(format!("{e:?}")))?;
+        for s in self.subscribers {
+            manager.add_subscriber(s);
+        }
+        let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stopper = StopSubscriber {
+            evt: stop_evt.try_clone().map_err(DeviceError::EventFd)?,
+            stopped: stopped.clone(),
+        };
+        manager.add_subscriber(Arc::new(Mutex::new(stopper)));
+        let handle = std::thread::Builder::new()
+            .name("husk-devices".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Acquire) {
+                    if let Err(e) = manager.run() {
+                        tracing::error!("device event loop failed: {e:?}");
+                        break;
+                    }
+                }
+            })
+            .map_err(DeviceError::Thread)?;
+        Ok(Some(DeviceThread { stop_evt, handle }))
+    }
+}
+
+/// The running device thread; stopping it drops every device (and so closes
+/// every host connection they hold).
+pub struct DeviceThread {
+    stop_evt: EventFd,
+    handle: JoinHandle<()>,
+}
+
+impl DeviceThread {
+    pub fn stop(self) {
+        if self.stop_evt.write(1).is_ok() {
+            let _ = self.handle.join();
+        }
+    }
+}
+
+/// Ends the device loop when its eventfd is written.
+struct StopSubscriber {
+    evt: EventFd,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopSubscriber {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            tracing::error!("cannot register the device-thread stop event: {e:?}");
+        }
+    }
+}
+
+impl std::str::FromStr for VsockSpec {
+    type Err = String;
+
+    /// Parses `cid=3,uds=PATH` (cid optional, default 3).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut cid = 3u64;
+        let mut uds = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    cid = v.parse().map_err(|_| format!("invalid vsock cid {v:?}"))?
+                }
+                Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(format!(
+                        "invalid vsock option {part:?}: expected cid=N,uds=PATH"
+                    ))
+                }
+            }
+        }
+        let uds = uds.ok_or("the vsock device needs uds=PATH")?;
+        Ok(Self { cid, uds })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_vsock_specs() {
+        assert_eq!(
+            "cid=7,uds=/tmp/v.sock".parse(),
+            Ok(VsockSpec {
+                cid: 7,
+                uds: "/tmp/v.sock".into()
+            })
+        );
+        assert_eq!(
+            "uds=/tmp/v.sock".parse(),
+            Ok(VsockSpec {
+                cid: 3,
+                uds: "/tmp/v.sock".into()
+            })
+        );
+        assert!("cid=x,uds=/a".parse::<VsockSpec>().is_err());
+        assert!("cid=3".parse::<VsockSpec>().is_err());
+        assert!("path=/a".parse::<VsockSpec>().is_err());
+    }
+}
