@@ -63,9 +63,10 @@ impl Vcpu {
     /// Runs the guest until the VM stops or this vCPU hits a fatal exit.
     pub fn run(mut self) {
         if self.id == 0 {
-            let _ = self
-                .events
-                .send(VcpuEvent::FirstEntry { at: Instant::now() });
+            self.report(VcpuEvent::FirstEntry { at: Instant::now() });
+        }
+        if let Some(hook) = self.on_first_entry {
+            hook();
         }
         while !self.stop.load(Ordering::Acquire) {
             match self.step() {

@@ -157,6 +157,7 @@ impl Vm {
         }
         let mut kernel_words = devices.cmdline.clone();
         if let Some(p) = &profile {
+            tracing::info!("host compatibility profile: {p}");
             kernel_words.push(p.cmdline.to_string());
         }
         let base = config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);

@@ -68,13 +68,11 @@ pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
     let vm = Vm::new(&config).context("cannot build the VM")?;
     tracing::debug!(cmdline = vm.cmdline(), "booting");
     let report = vm.run()?;
-    if args.report_timing {
-        if let Some(first) = report.first_entry {
-            eprintln!(
-                "husk-timing: first_guest_entry_us={}",
-                first.duration_since(started).as_micros()
-            );
-        }
+    if let Some(first) = report.first_entry {
+        tracing::info!(
+            "first guest instruction {} us after husk started",
+            first.duration_since(started).as_micros()
+        );
     }
     tracing::info!(outcome = ?report.outcome, "guest ended");
     Ok(ExitCode::SUCCESS)
