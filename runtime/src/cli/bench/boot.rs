@@ -38,7 +38,7 @@ pub struct BootBenchArgs {
 }
 
 pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
-    let baseline_us = spawn_baseline_us()?;
+    let baseline_us = super::median_spawn_us(std::path::Path::new("/bin/true"), &[])?;
     let console =
         std::env::temp_dir().join(format!("husk-bench-boot-{}.console", std::process::id()));
     let exe = std::env::current_exe().context("locating the husk binary")?;
@@ -148,18 +148,4 @@ pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
 
 fn pct(part: u64, whole: u64) -> f64 {
     100.0 * part as f64 / whole.max(1) as f64
-}
-
-/// Median time to spawn and reap `/bin/true`, in microseconds.
-fn spawn_baseline_us() -> anyhow::Result<u64> {
-    let mut samples = Vec::new();
-    for _ in 0..11 {
-        let t = Instant::now();
-        Command::new("/bin/true")
-            .status()
-            .context("running /bin/true for the baseline")?;
-        samples.push(t.elapsed().as_micros() as u64);
-    }
-    samples.sort_unstable();
-    Ok(samples[samples.len() / 2])
 }

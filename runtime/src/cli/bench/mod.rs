@@ -42,3 +42,20 @@ pub fn host_description() -> String {
         husk_vmm::HostKvm::detect()
     )
 }
+
+/// Median time to spawn `program` with `args` and reap it, in microseconds
+/// (11 runs): the host baseline for start-up figures.
+pub fn median_spawn_us(program: &std::path::Path, args: &[&str]) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let mut samples = Vec::new();
+    for _ in 0..11 {
+        let t = std::time::Instant::now();
+        std::process::Command::new(program)
+            .args(args)
+            .status()
+            .with_context(|| format!("running {} for the baseline", program.display()))?;
+        samples.push(t.elapsed().as_micros() as u64);
+    }
+    samples.sort_unstable();
+    Ok(samples[samples.len() / 2])
+}
