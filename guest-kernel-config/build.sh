@@ -30,7 +30,7 @@ if ((${#need_pkgs[@]})); then
 fi
 
 key=$( { echo "$KERNEL_PKG=$KERNEL_PKG_VERSION"; cat "$here/build.sh" "$here/husk.config";
-         for p in "$here"/patches/*.patch; do if [ -e "$p" ]; then echo "$p"; cat "$p"; fi; done; } \
+         for p in "$here"/patches/*.patch; do if [ -e "$p" ]; then basename "$p"; cat "$p"; fi; done; } \
        | sha256sum | cut -c1-16)
 out="$cache/kernel/$key"
 if [ -f "$out/vmlinux" ]; then
