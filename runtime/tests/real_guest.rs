@@ -84,9 +84,16 @@ fn boots_runs_user_space_and_reports_a_panic() {
             "self-test did not pass:\n{}",
             run.console
         );
+        // The init powered the guest off, and that ended husk with status 0.
+        assert!(run.console.contains("System halted"), "{}", run.console);
         assert!(
             run.output.status.success(),
             "husk vm failed: {}",
+            run.stderr()
+        );
+        assert!(
+            run.stderr().contains("outcome=PowerOff"),
+            "{}",
             run.stderr()
         );
     }

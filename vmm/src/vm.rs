@@ -121,6 +121,8 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     console_log: ConsoleLog,
     reset_evt: EventFd,
+    /// Written by the console tap when the guest kernel announces power-off.
+    power_off_evt: EventFd,
     device_thread: Option<DeviceThread>,
     /// Written by a vCPU after it sends a `VcpuEvent`.
     vcpu_wake: EventFd,
@@ -173,6 +175,8 @@ impl Vm {
         cpu_state::write_tables(&mem, &loaded.entry).map_err(VmError::BootTables)?;
 
         let console_log = ConsoleLog::new();
+        let power_off_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        console_log.notify_power_off(power_off_evt.try_clone().map_err(VmError::EventFd)?);
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         let pio = Arc::new(legacy_devices(&fd, config, &console_log, &reset_evt)?);
         let mmio = Arc::new(mmio);
@@ -215,6 +219,7 @@ impl Vm {
             vcpus,
             console_log,
             reset_evt,
+            power_off_evt,
             vcpu_wake,
             device_thread,
             stop,
@@ -255,10 +260,12 @@ impl Vm {
     fn control_loop(&self) -> Result<RunReport, VmError> {
         const RESET: u64 = 0;
         const VCPU: u64 = 1;
+        const POWER_OFF: u64 = 2;
         let epoll = Epoll::new().map_err(VmError::EventLoop)?;
         for (fd, token) in [
             (self.reset_evt.as_raw_fd(), RESET),
             (self.vcpu_wake.as_raw_fd(), VCPU),
+            (self.power_off_evt.as_raw_fd(), POWER_OFF),
         ] {
             epoll
                 .ctl(
@@ -269,7 +276,7 @@ impl Vm {
                 .map_err(VmError::EventLoop)?;
         }
         let mut first_entry = None;
-        let mut ready = [EpollEvent::default(); 2];
+        let mut ready = [EpollEvent::default(); 3];
         loop {
             let n = match epoll.wait(-1, &mut ready) {
                 Ok(n) => n,
@@ -277,8 +284,10 @@ impl Vm {
                 Err(e) => return Err(VmError::EventLoop(e)),
             };
             for event in &ready[..n] {
-                if event.data() == RESET {
-                    return self.ended(VmOutcome::Reset, first_entry);
+                match event.data() {
+                    RESET => return self.ended(VmOutcome::Reset, first_entry),
+                    POWER_OFF => return self.ended(VmOutcome::PowerOff, first_entry),
+                    _ => {}
                 }
                 let _ = self.vcpu_wake.read();
                 while let Ok(event) = self.events.try_recv() {

@@ -3,7 +3,7 @@
 //! Proves that guest user space works: console writes, fork/wait, exec,
 //! pipes, a Unix socket pair, a vsock socket(2) call, the clock. Each step
 //! prints `selftest: <step> ok` (or `FAILED`), then `HUSK-SELFTEST-PASS` or
-//! `HUSK-SELFTEST-FAIL`, and the VM is ended with reboot(2).
+//! `HUSK-SELFTEST-FAIL`, and the VM is powered off with reboot(2).
 //!
 //! Other modes, chosen by the first argument (for /init: words after `--` on
 //! the kernel command line): `bench` prints timings of getpid and fork+wait,
@@ -78,14 +78,7 @@ fn main() {
             "HUSK-SELFTEST-FAIL"
         }
     );
-    let _ = std::io::stdout().flush();
-    if std::process::id() == 1 {
-        // SAFETY: reboot(2) with a valid command; PID 1 ends the VM this way.
-        unsafe {
-            libc::sync();
-            libc::reboot(libc::RB_AUTOBOOT);
-        }
-    }
+    end_vm();
 }
 
 /// As init, mounts what programs expect to find: /proc, /sys, /dev.
@@ -127,14 +120,14 @@ fn run_program(argv: &[String]) -> ! {
     std::process::exit(0)
 }
 
-/// PID 1 ends the VM with reboot(2): husk treats a guest reset as the end.
+/// PID 1 ends the VM by powering it off.
 fn end_vm() {
     let _ = std::io::stdout().flush();
     if std::process::id() == 1 {
         // SAFETY: sync and reboot(2) with a valid command.
         unsafe {
             libc::sync();
-            libc::reboot(libc::RB_AUTOBOOT);
+            libc::reboot(libc::RB_POWER_OFF);
         }
     }
 }

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
+use vmm_sys_util::eventfd::EventFd;
+
 const TAIL_LINES: usize = 40;
 // A guest that never sends a newline must not grow the buffer without bound.
 const MAX_LINE: usize = 1024;
@@ -17,6 +19,7 @@ struct Tail {
     lines: VecDeque<String>,
     partial: Vec<u8>,
     panic_line: Option<String>,
+    power_off: Option<EventFd>,
 }
 
 impl Tail {
@@ -35,11 +38,32 @@ impl Tail {
         if self.panic_line.is_none() && line.contains("Kernel panic") {
             self.panic_line = Some(line.clone());
         }
+        if is_power_down(&line) {
+            if let Some(evt) = &self.power_off {
+                let _ = evt.write(1);
+            }
+        }
         if self.lines.len() == TAIL_LINES {
             self.lines.pop_front();
         }
         self.lines.push_back(line);
     }
+}
+
+/// The kernel's last words before it halts for good (kernel/reboot.c, printed
+/// at KERN_EMERG so `quiet` does not hide them). Without ACPI, a power-off
+/// request becomes a halt: "Power off not available: System halted instead".
+const HALT_MESSAGES: [&str; 3] = [
+    "reboot: Power down",
+    "reboot: System halted",
+    "reboot: Power off not available: System halted instead",
+];
+
+fn is_power_down(line: &str) -> bool {
+    line.starts_with('[')
+        && line
+            .split_once("] ")
+            .is_some_and(|(_, msg)| HALT_MESSAGES.contains(&msg))
 }
 
 /// Shared view of the console's recent output.
@@ -49,6 +73,13 @@ pub struct ConsoleLog(Arc<Mutex<Tail>>);
 impl ConsoleLog {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Writes `evt` when the guest kernel announces power-off. Without ACPI a
+    /// Linux guest has no way to tell the VMM it powered off: it prints this
+    /// line and halts with interrupts off, which the VMM cannot observe.
+    pub fn notify_power_off(&self, evt: EventFd) {
+        self.lock().power_off = Some(evt);
     }
 
     /// The first "Kernel panic" line the guest printed, if any.
@@ -135,6 +166,22 @@ mod tests {
             log.panic_line().as_deref(),
             Some("Kernel panic - not syncing: Attempted to kill init!")
         );
+    }
+
+    #[test]
+    fn signals_the_kernels_power_down_line_only() {
+        let log = ConsoleLog::new();
+        let evt = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        log.notify_power_off(evt.try_clone().unwrap());
+        let mut w = ConsoleWriter::new(Box::new(io::sink()), log.clone());
+        w.write_all(b"echo reboot: Power down\n[ 1.0] reboot: Power downstairs\n")
+            .unwrap();
+        assert!(evt.read().is_err(), "not the kernel's line");
+        w.write_all(b"[   63.3] reboot: Power down\n").unwrap();
+        assert_eq!(evt.read().unwrap(), 1);
+        w.write_all(b"[   31.4] reboot: Power off not available: System halted instead\n")
+            .unwrap();
+        assert_eq!(evt.read().unwrap(), 1);
     }
 
     #[test]
