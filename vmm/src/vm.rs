@@ -117,7 +117,8 @@ pub struct RunReport {
 pub struct Vm {
     _kvm: Kvm,
     _fd: VmFd,
-    mem: GuestMemoryMmap,
+    /// Guest RAM stays mapped as long as the VM fd that has it as memory slots.
+    _mem: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
     console_log: ConsoleLog,
     reset_evt: EventFd,
@@ -136,10 +137,10 @@ impl Vm {
         if config.cpus == 0 || config.cpus > mptable::MAX_CPUS {
             return Err(VmError::CpuCount(config.cpus));
         }
-        memory::validate_size(config.mem_bytes, memory::host_ram_bytes())?;
+        // Mapping validates the size first, so a bad --mem is reported before KVM is touched.
+        let mem = memory::create_guest_memory(config.mem_bytes)?;
         let profile = CompatProfile::select(config.compat, HostKvm::detect());
         let (kvm, fd) = kvm_setup::create_vm()?;
-        let mem = memory::create_guest_memory(config.mem_bytes)?;
         kvm_setup::register_memory(&fd, &mem)?;
 
         let loaded = kernel::load_kernel(&mem, &config.kernel)?;
@@ -215,7 +216,7 @@ impl Vm {
         Ok(Self {
             _kvm: kvm,
             _fd: fd,
-            mem,
+            _mem: mem,
             vcpus,
             console_log,
             reset_evt,
@@ -231,10 +232,6 @@ impl Vm {
     /// The command line the guest is given.
     pub fn cmdline(&self) -> &str {
         &self.cmdline
-    }
-
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
     }
 
     /// Runs the guest to its end.
