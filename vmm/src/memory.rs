@@ -85,7 +85,7 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::{GuestMemory, GuestMemoryRegion};
 
     #[test]
     fn splits_ram_around_the_mmio_gap() {

@@ -149,7 +149,11 @@ pub fn write_zero_page(
         params.hdr.ramdisk_size = i.size as u32;
     }
     for (slot, (addr, size, r#type)) in params.e820_table.iter_mut().zip(e820_map(ram_size)) {
-        *slot = boot_e820_entry { addr, size, r#type };
+        *slot = boot_e820_entry {
+            addr,
+            size,
+            type_: r#type,
+        };
         params.e820_entries += 1;
     }
     let addr = GuestAddress(ZERO_PAGE_ADDR);
