@@ -11,8 +11,8 @@
 mod device;
 mod interrupt;
 mod mmio;
-#[cfg(test)]
-pub(crate) mod test_utils;
+#[cfg(any(test, feature = "test-harness"))]
+pub mod test_utils;
 
 pub use device::{ActivateContext, ActivateError, VirtioDevice};
 pub use interrupt::{InterruptCause, IrqFdInterrupt, VirtioInterrupt};

@@ -18,8 +18,8 @@ use crate::virtio::{
     ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 
-pub(super) const RXQ: usize = 0;
-pub(super) const TXQ: usize = 1;
+pub const RXQ: usize = 0;
+pub const TXQ: usize = 1;
 pub(super) const EVQ: usize = 2;
 const QUEUE_MAX_SIZES: [u16; 3] = [256; 3];
 

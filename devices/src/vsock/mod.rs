@@ -10,6 +10,8 @@
 mod csm;
 mod device;
 mod event_handler;
+#[cfg(any(test, feature = "test-harness"))]
+pub mod harness;
 mod muxer;
 mod packet;
 #[cfg(test)]
