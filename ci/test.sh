@@ -8,4 +8,6 @@ eval "$("$root/ci/guest-assets.sh")"
 export HUSK_KERNEL HUSK_INITRD HUSK_BUSYBOX_INITRD
 cd "$root"
 cargo build --release --workspace
+# Benches that need the device harness: compiled so they cannot rot.
+cargo bench --no-run -p husk-devices --features test-harness
 cargo test --release --workspace -- --test-threads=2

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventManager, SubscriberOps};
 use vmm_sys_util::tempdir::TempDir;
 
+/// Credit the device advertises to the guest for each connection.
+pub use super::csm::TX_BUF_SIZE;
 pub use super::device::{RXQ, TXQ};
 pub use super::packet::{
     HOST_CID, MAX_PKT_DATA, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
