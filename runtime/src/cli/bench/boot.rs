@@ -7,19 +7,23 @@
 //! Baselines from the same run: spawning and reaping `/bin/true`, and the
 //! guest's configured memory size.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
 
+use super::guest_process::GuestProcess;
 use super::procfs::{mappings_of_size, monotonic_ns, process_memory, thread_count};
 use crate::size::parse_mem_size;
 
 /// What the guest self-test prints once it is up and idle.
 pub const IDLE_MARKER: &str = "HUSK-IDLE";
+/// Kernel command line for an idle benchmark guest; `idle` is the self-test's mode.
+pub const IDLE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 -- idle";
 
 #[derive(Args)]
 pub struct BootBenchArgs {
@@ -39,33 +43,23 @@ pub struct BootBenchArgs {
 
 pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
     let baseline_us = super::median_spawn_us(std::path::Path::new("/bin/true"), &[])?;
-    let console =
-        std::env::temp_dir().join(format!("husk-bench-boot-{}.console", std::process::id()));
-    let exe = std::env::current_exe().context("locating the husk binary")?;
+    let vm_args: Vec<OsString> = vec![
+        "--report-timing".into(),
+        "--mem".into(),
+        format!("{}K", args.mem >> 10).into(),
+        "--cpus".into(),
+        args.cpus.to_string().into(),
+        "--kernel".into(),
+        args.kernel.clone().into(),
+        "--initrd".into(),
+        args.initrd.clone().into(),
+        "--cmdline".into(),
+        IDLE_CMDLINE.into(),
+    ];
     let spawned_ns = monotonic_ns();
-    let mut child = Command::new(exe)
-        .args([
-            "vm",
-            "--report-timing",
-            "--mem",
-            &format!("{}K", args.mem >> 10),
-            "--cpus",
-            &args.cpus.to_string(),
-        ])
-        .arg("--kernel")
-        .arg(&args.kernel)
-        .arg("--initrd")
-        .arg(&args.initrd)
-        .arg("--cmdline")
-        .arg("console=ttyS0 reboot=k panic=-1 -- idle")
-        .arg("--console")
-        .arg(&console)
-        .env("HUSK_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting husk vm")?;
-    let pid = child.id();
-    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let mut guest = GuestProcess::spawn("boot", &vm_args, Stdio::piped())?;
+    let pid = guest.pid();
+    let stderr = guest.child_mut().stderr.take().context("no stderr pipe")?;
     let first_entry = std::thread::spawn(move || {
         BufReader::new(stderr)
             .lines()
@@ -76,42 +70,11 @@ pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
     });
-
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    loop {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
-        if text.contains(IDLE_MARKER) {
-            break;
-        }
-        if let Some(status) = child.try_wait()? {
-            let tail: Vec<&str> = text
-                .lines()
-                .rev()
-                .take(8)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            bail!(
-                "the guest ended ({status}) before printing {IDLE_MARKER}; last console lines:\n{}",
-                tail.join("\n")
-            );
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "the guest did not print {IDLE_MARKER} within {} s",
-                args.timeout_secs
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    guest.wait_for(IDLE_MARKER, Duration::from_secs(args.timeout_secs))?;
     let total = process_memory(pid)?;
-    let guest = mappings_of_size(pid, args.mem >> 10)?;
+    let guest_mem = mappings_of_size(pid, args.mem >> 10)?;
     let threads = thread_count(pid)?;
-    child.kill().context("stopping the guest")?;
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&console);
+    drop(guest);
     let entry_ns = first_entry
         .join()
         .ok()
@@ -129,14 +92,14 @@ pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
     println!("  PSS                         {:>8} KiB", total.pss_kib);
     println!(
         "  guest memory in RSS         {:>8} KiB ({:.1}% of RSS, {:.1}% of the guest's {} MiB)",
-        guest.rss_kib,
-        pct(guest.rss_kib, total.rss_kib),
-        pct(guest.rss_kib, args.mem >> 10),
+        guest_mem.rss_kib,
+        pct(guest_mem.rss_kib, total.rss_kib),
+        pct(guest_mem.rss_kib, args.mem >> 10),
         args.mem >> 20
     );
     println!(
         "  VMM overhead (RSS - guest)  {:>8} KiB",
-        total.rss_kib.saturating_sub(guest.rss_kib)
+        total.rss_kib.saturating_sub(guest_mem.rss_kib)
     );
     println!("  threads                     {:>8}", threads);
     println!(

@@ -1,6 +1,8 @@
 //! `husk bench`: measurements that report against a baseline from the same run.
 
 mod boot;
+mod density;
+mod guest_process;
 mod procfs;
 mod syscalls;
 
@@ -16,12 +18,15 @@ pub enum BenchCommand {
     Boot(boot::BootBenchArgs),
     /// Guest system calls and fork against the host, with the same binary.
     Syscalls(syscalls::SyscallBenchArgs),
+    /// Boot N idle guests from a shared pmem image, then N from an initramfs; host memory per guest.
+    Density(density::DensityBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Boot(args) => boot::run(args),
         BenchCommand::Syscalls(args) => syscalls::run(args),
+        BenchCommand::Density(args) => density::run(args),
     }
 }
 
