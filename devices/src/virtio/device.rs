@@ -52,3 +52,14 @@ pub trait VirtioDevice: Send {
     /// Returns to the pre-activation state, dropping all backend state.
     fn reset(&mut self);
 }
+
+/// Copies config-space bytes from `offset` into `data`; bytes past the end
+/// of `config` (or an offset that overflows) read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok());
+        *b = at.and_then(|o| config.get(o)).copied().unwrap_or(0);
+    }
+}

@@ -189,6 +189,20 @@ impl GuestDriver {
         Some(slot * 2)
     }
 
+    /// Posts a request chain: `request` in a readable descriptor, then a
+    /// writable response buffer of `response_len` bytes.
+    pub fn add_request(&mut self, q: usize, request: &[u8], response_len: u32) -> Option<u16> {
+        let slot = self.queues[q].free_slots.pop()?;
+        let (req, resp) = (self.buf_addr(q, slot * 2), self.buf_addr(q, slot * 2 + 1));
+        self.mem.write_slice(request, req).unwrap();
+        let descs = [
+            (req.0, request.len() as u32, 0),
+            (resp.0, response_len, VRING_DESC_F_WRITE as u16),
+        ];
+        self.post(q, slot, &descs);
+        Some(slot * 2)
+    }
+
     /// Posts up to two raw descriptors (addr, len, flags, next) as one chain in a slot.
     pub fn add_raw(&mut self, q: usize, descs: &[(u64, u32, u16, u16)]) -> Option<u16> {
         let slot = self.queues[q].free_slots.pop()?;
