@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds an uncompressed newc initramfs (uncompressed boots faster on
-# software-KVM hosts, where the guest kernel's unpacking is emulated).
+# Builds an uncompressed newc initramfs, the fallback to the pmem image (see
+# rootfs/README.md). Uncompressed boots faster on software-KVM hosts, where
+# the guest kernel's unpacking is emulated.
 #
 #   build-initramfs.sh OUT INIT [SRC:DEST ...]
 #

@@ -9,13 +9,15 @@
 //! the kernel command line): `bench` prints timings of getpid and fork+wait,
 //! so the same binary measures the guest and the host; `idle` prints
 //! `HUSK-IDLE` and sleeps; `exit` exits with status 3; `run PROG ARGS...`
-//! runs a program and prints `HUSK-RUN-EXIT <status>`.
+//! runs a program and prints `HUSK-RUN-EXIT <status>`; `fs [TAG READ WRITE]`
+//! reports the root filesystem (mounts, DAX) and, given a virtio-fs TAG,
+//! reads and writes files on it (see `fs_check`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-const MODES: &[&str] = &["exec-child", "exit", "idle", "run", "bench", "vsock"];
+const MODES: &[&str] = &["exec-child", "exit", "idle", "run", "bench", "vsock", "fs"];
 
 /// One self-test step: Ok, or what went wrong.
 type Step = fn() -> Result<(), String>;
@@ -36,6 +38,7 @@ fn main() {
         Some("idle") => idle(),
         Some("run") => run_program(&args[1..]),
         Some("vsock") => vsock_roundtrip(&args[1..]),
+        Some("fs") => fs_check(&args[1..]),
         Some("bench") => {
             bench();
             end_vm();
@@ -218,6 +221,98 @@ fn vsock_echo(port: u32) -> Result<u64, String> {
     let mut reader = &conn;
     let mut writer = &conn;
     std::io::copy(&mut reader, &mut writer).map_err(|e| format!("echo: {e}"))
+}
+
+/// `fs [TAG READ WRITE]`: prints every /proc/mounts line as `HUSK-MOUNT
+/// <line>`, whether /sbin/init is a DAX file (`HUSK-FS-DAX /sbin/init 1|0`)
+/// and whether the root refuses writes (`HUSK-FS-ROOT-WRITE <errno or ok>`).
+/// With a virtio-fs TAG: mounts it at /mnt, writes WRITE there
+/// (`HUSK-FS-WROTE <name>`) and reads READ (`HUSK-FS-READ <bytes> <fnv1a64>`).
+/// Ends with `HUSK-FS-DONE` and powers off.
+fn fs_check(args: &[String]) -> ! {
+    if std::process::id() == 1 {
+        mount_basics();
+    }
+    match std::fs::read_to_string("/proc/mounts") {
+        Ok(mounts) => mounts.lines().for_each(|l| println!("HUSK-MOUNT {l}")),
+        Err(e) => println!("HUSK-FS-FAILED read /proc/mounts: {e}"),
+    }
+    match is_dax("/sbin/init") {
+        Ok(dax) => println!("HUSK-FS-DAX /sbin/init {}", u8::from(dax)),
+        Err(e) => println!("HUSK-FS-FAILED {e}"),
+    }
+    let root_write = match std::fs::write("/husk-write-test", b"x") {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.raw_os_error().map_or(e.to_string(), |n| n.to_string()),
+    };
+    println!("HUSK-FS-ROOT-WRITE {root_write}");
+    if let [tag, read, write, ..] = args {
+        if let Err(e) = virtiofs_check(tag, read, write) {
+            println!("HUSK-FS-FAILED {e}");
+        }
+    }
+    println!("HUSK-FS-DONE");
+    end_vm();
+    std::process::exit(0)
+}
+
+fn is_dax(path: &str) -> Result<bool, String> {
+    let p = cstr(path);
+    // SAFETY: statx is plain old data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx(2) with a valid path and an output buffer of the right type.
+    if unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            0,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
+    } != 0
+    {
+        return Err(errno(&format!("statx {path}")));
+    }
+    let dax = libc::STATX_ATTR_DAX as u64;
+    Ok(stx.stx_attributes_mask & dax != 0 && stx.stx_attributes & dax != 0)
+}
+
+fn virtiofs_check(tag: &str, read: &str, write: &str) -> Result<(), String> {
+    let (t, m, f) = (cstr(tag), cstr("/mnt"), cstr("virtiofs"));
+    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+    if unsafe { libc::mount(t.as_ptr(), m.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
+        return Err(errno(&format!("mount -t virtiofs {tag} /mnt")));
+    }
+    let out = format!("/mnt/{write}");
+    let text = format!("written by the guest into {tag}\n");
+    std::fs::write(&out, text).map_err(|e| format!("write {out}: {e}"))?;
+    println!("HUSK-FS-WROTE {write}");
+    let path = format!("/mnt/{read}");
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut total, mut hash) = (0u64, FNV_OFFSET);
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| format!("read {path}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hash = fnv1a64(hash, &buf[..n]);
+    }
+    println!("HUSK-FS-READ {total} {hash:016x}");
+    Ok(())
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, 64 bit: a checksum the host test computes the same way.
+fn fnv1a64(mut hash: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// Announces an idle guest (for `husk bench boot`) and sleeps forever.

@@ -1,0 +1,78 @@
+//! A real guest booted from the erofs image on virtio-pmem, with DAX.
+//!
+//! One boot: the guest's root is /dev/pmem0 mapped read-only into guest
+//! memory, and the self-test's `fs` mode reports, from inside the guest, the
+//! root mount from /proc/mounts, whether /sbin/init is a DAX file and what a
+//! write to the root gets. The host checks the image file is unchanged.
+
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use common::{guest_assets, kvm_or_skip};
+
+/// EROFS: what a write to a read-only filesystem gets.
+const EROFS_ERRNO: &str = "30";
+
+fn marker_lines<'a>(console: &'a str, marker: &str) -> Vec<&'a str> {
+    console
+        .lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix(marker))
+        .map(str::trim)
+        .collect()
+}
+
+#[test]
+fn guest_boots_from_pmem_with_dax_root() {
+    if !kvm_or_skip("guest_boots_from_pmem_with_dax_root") {
+        return;
+    }
+    let assets = guest_assets();
+    let before = std::fs::read(&assets.pmem_image).unwrap();
+    let dir = std::env::temp_dir().join(format!("husk-fs-real-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let console = dir.join("console");
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
+        .args(["vm", "--mem", "256M", "--cpus", "1"])
+        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 -- fs"])
+        .arg("--kernel")
+        .arg(&assets.kernel)
+        .arg("--pmem")
+        .arg(format!("{},ro", assets.pmem_image.display()))
+        .arg("--console")
+        .arg(&console)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    eprintln!("guest ran for {:?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("HUSK-FS-DONE"), "{text}");
+
+    let mounts = marker_lines(&text, "HUSK-MOUNT ");
+    let root = mounts
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[1] == "/")
+        .unwrap_or_else(|| panic!("no root in /proc/mounts:\n{text}"));
+    assert_eq!(root[2], "erofs", "root filesystem: {root:?}");
+    let options: Vec<&str> = root[3].split(',').collect();
+    assert!(options.contains(&"ro"), "root options: {options:?}");
+    assert!(options.contains(&"dax=always"), "root options: {options:?}");
+    assert_eq!(
+        marker_lines(&text, "HUSK-FS-DAX /sbin/init"),
+        ["1"],
+        "/sbin/init is not a DAX file:\n{text}"
+    );
+    assert_eq!(marker_lines(&text, "HUSK-FS-ROOT-WRITE"), [EROFS_ERRNO]);
+    assert!(marker_lines(&text, "HUSK-FS-FAILED").is_empty(), "{text}");
+
+    let after = std::fs::read(&assets.pmem_image).unwrap();
+    assert!(before == after, "the read-only image changed");
+    std::fs::remove_dir_all(dir).unwrap();
+}
