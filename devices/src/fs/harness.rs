@@ -16,7 +16,7 @@ use event_manager::{EventManager, SubscriberOps};
 pub use fuse_backend_rs::abi::fuse_abi::{
     Attr, AttrOut, CreateIn, Dirent, Direntplus, EntryOut, FlushIn, ForgetIn, FsyncIn, GetattrIn,
     InHeader, InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader,
-    ReadIn, ReleaseIn, RenameIn, SetattrIn, StatfsOut, WriteIn, WriteOut,
+    ReadIn, ReleaseIn, RenameIn, SetattrIn, SetattrValid, StatfsOut, WriteIn, WriteOut,
 };
 pub use fuse_backend_rs::abi::virtio_fs::{RemovemappingIn, RemovemappingOne, SetupmappingIn};
 use vm_memory::ByteValued;

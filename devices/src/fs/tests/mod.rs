@@ -9,3 +9,4 @@ mod hostile;
 mod ops;
 
 pub(super) use super::harness::*;
+pub(super) use vm_memory::ByteValued;
