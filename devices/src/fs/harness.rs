@@ -229,6 +229,17 @@ impl FsHarness {
         }
     }
 
+    /// Posts raw descriptors (addr, len, flags, next) in the next free slot of
+    /// queue `q`; returns the used length the device gave the chain.
+    pub fn send_raw(&mut self, q: usize, descs: &[(u64, u32, u16, u16)]) -> u32 {
+        let head = self.drv.add_raw(q, descs).expect("queue full");
+        self.drv.kick(q);
+        self.pump();
+        let used = self.drv.take_used(q);
+        let found = used.iter().find(|&&(id, _)| id == head);
+        found.expect("the device did not return the chain").1
+    }
+
     /// Sends a request on the request queue with `reply_len` bytes of
     /// writable buffers (split into `BUF_SIZE` descriptors).
     pub fn call_with(&mut self, op: Opcode, node: u64, args: &[&[u8]], reply_len: usize) -> Reply {

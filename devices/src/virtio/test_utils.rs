@@ -160,6 +160,12 @@ impl GuestDriver {
         GuestAddress(BUF_BASE + q as u64 * queue_bufs + u64::from(idx) * BUF_SIZE)
     }
 
+    /// The head index the next `add_raw` on queue `q` will use, so a raw
+    /// chain can point its `next` fields at its own slot.
+    pub fn next_head(&self, q: usize) -> Option<u16> {
+        self.queues[q].free_slots.last().map(|slot| slot * 2)
+    }
+
     pub fn free_slots(&self, q: usize) -> usize {
         self.queues[q].free_slots.len()
     }
