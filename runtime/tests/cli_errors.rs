@@ -179,3 +179,41 @@ fn bad_pmem_options_and_images_are_named() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bad_fs_shares_are_named() {
+    fails_with(
+        &["vm", "--kernel", "/k", "--fs", "data=/srv,cache=sometimes"],
+        &["--fs", "\"sometimes\"", "none, auto or always"],
+    );
+    fails_with(
+        &["vm", "--kernel", "/k", "--fs", "/srv"],
+        &["--fs", "TAG=DIR"],
+    );
+    fails_with(
+        &["vm", "--kernel", "/k", "--fs", "data=/srv,dax=huge"],
+        &["--fs", "dax window", "\"huge\""],
+    );
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP virtio-fs share checks: need /dev/kvm to get as far as creating devices");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("husk-cli-fs-{}", std::process::id()));
+    let elf = loop_kernel(&dir);
+    let (elf, share) = (elf.to_str().unwrap(), dir.to_str().unwrap());
+    let with_fs = |fs: &str, expect: &[&str]| {
+        fails_with(&["vm", "--kernel", elf, "--fs", fs], expect);
+    };
+    with_fs(
+        "data=/nonexistent/share",
+        &["/nonexistent/share", "virtio-fs"],
+    );
+    with_fs(&format!("data={}/k.s", share), &["k.s", "not a directory"]);
+    with_fs(&format!("data={share},dax=3M"), &["DAX window", "3145728"]);
+    let long_tag = "t".repeat(37);
+    with_fs(
+        &format!("{long_tag}={share}"),
+        &[&long_tag, "1 to 36 bytes"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

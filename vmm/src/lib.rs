@@ -25,5 +25,6 @@ pub mod vm;
 
 pub use compat::{CompatMode, CompatProfile, HostKvm};
 pub use device_manager::VsockSpec;
+pub use husk_devices::fs::{CacheMode, FsConfig};
 pub use pmem::PmemSpec;
 pub use vm::{ConsoleTarget, RunReport, Vm, VmConfig, VmError, VmOutcome};

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_devices::bus::Bus;
+use husk_devices::fs::FsConfig;
 use husk_devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use husk_devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use husk_devices::legacy::{ConsoleLog, ConsoleWriter, SerialConsole, I8042};
@@ -60,6 +61,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockSpec>,
     /// virtio-pmem images; without an initrd the first one is the root filesystem.
     pub pmem: Vec<PmemSpec>,
+    /// virtio-fs shares.
+    pub fs: Vec<FsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,9 @@ impl Vm {
             devices.add_vsock(&fd, &mem, &mut mmio, spec)?;
         }
         let mut device_memory = DeviceMemory::new(&mem);
+        for share in &config.fs {
+            devices.add_fs(&fd, &mem, &mut mmio, &mut device_memory, share)?;
+        }
         let root_words = add_pmem_devices(
             config,
             &kvm,

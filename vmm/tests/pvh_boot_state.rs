@@ -138,6 +138,7 @@ fn pvh_guest_sees_the_promised_boot_state() {
         on_first_entry: None,
         vsock: None,
         pmem: Vec::new(),
+        fs: Vec::new(),
     };
     let report = Vm::new(&config).unwrap().run().unwrap();
     assert_eq!(report.outcome, VmOutcome::Reset);

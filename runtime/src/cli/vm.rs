@@ -40,6 +40,14 @@ pub struct VmArgs {
     /// Without --initrd the guest boots from the first image (/dev/pmem0, erofs or ext4, DAX).
     #[arg(long, value_name = "FILE[,ro]")]
     pmem: Vec<husk_vmm::PmemSpec>,
+    /// Share a host directory over virtio-fs (repeatable); the guest mounts it with
+    /// `mount -t virtiofs TAG DIR`. dax=SIZE adds a DAX window of that size (e.g. 256M).
+    #[arg(
+        long = "fs",
+        value_name = "TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr]",
+        value_parser = super::fs_share::parse_fs_share
+    )]
+    fs: Vec<husk_vmm::FsConfig>,
     /// Print a machine-readable line on stderr when vCPU 0 first enters the guest (for `husk bench`).
     #[arg(long, hide = true)]
     report_timing: bool,
@@ -61,6 +69,7 @@ impl VmArgs {
             on_first_entry: None,
             vsock: self.vsock.clone(),
             pmem: self.pmem.clone(),
+            fs: self.fs.clone(),
         }
     }
 }
