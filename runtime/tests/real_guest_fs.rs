@@ -1,9 +1,12 @@
-//! A real guest booted from the erofs image on virtio-pmem, with DAX.
+//! A real guest booted from the erofs image on virtio-pmem, with DAX, and a
+//! host directory shared over virtio-fs.
 //!
 //! One boot: the guest's root is /dev/pmem0 mapped read-only into guest
 //! memory, and the self-test's `fs` mode reports, from inside the guest, the
 //! root mount from /proc/mounts, whether /sbin/init is a DAX file and what a
-//! write to the root gets. The host checks the image file is unchanged.
+//! write to the root gets. It then mounts the virtio-fs share, writes a file
+//! the host reads afterwards, and checksums a 16 MiB host file, which the
+//! host checksums too. The host checks the image file is unchanged.
 
 mod common;
 
@@ -14,6 +17,17 @@ use common::{guest_assets, kvm_or_skip};
 
 /// EROFS: what a write to a read-only filesystem gets.
 const EROFS_ERRNO: &str = "30";
+const TAG: &str = "hostshare";
+const BIG_FILE: &str = "big.bin";
+const BIG_LEN: usize = 16 << 20;
+const GUEST_FILE: &str = "from-guest.txt";
+
+/// FNV-1a 64, as the guest self-test computes it.
+fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 fn marker_lines<'a>(console: &'a str, marker: &str) -> Vec<&'a str> {
     console
@@ -24,8 +38,8 @@ fn marker_lines<'a>(console: &'a str, marker: &str) -> Vec<&'a str> {
 }
 
 #[test]
-fn guest_boots_from_pmem_with_dax_root() {
-    if !kvm_or_skip("guest_boots_from_pmem_with_dax_root") {
+fn guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share() {
+    if !kvm_or_skip("guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share") {
         return;
     }
     let assets = guest_assets();
@@ -33,10 +47,21 @@ fn guest_boots_from_pmem_with_dax_root() {
     let dir = std::env::temp_dir().join(format!("husk-fs-real-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let console = dir.join("console");
+    let share = dir.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let big: Vec<u8> = (0..BIG_LEN as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(share.join(BIG_FILE), &big).unwrap();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_husk"))
         .args(["vm", "--mem", "256M", "--cpus", "1"])
-        .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 -- fs"])
+        .arg("--cmdline")
+        .arg(format!(
+            "console=ttyS0 reboot=k panic=-1 -- fs {TAG} {BIG_FILE} {GUEST_FILE}"
+        ))
+        .arg("--fs")
+        .arg(format!("{TAG}={}", share.display()))
         .arg("--kernel")
         .arg(&assets.kernel)
         .arg("--pmem")
@@ -71,6 +96,23 @@ fn guest_boots_from_pmem_with_dax_root() {
     );
     assert_eq!(marker_lines(&text, "HUSK-FS-ROOT-WRITE"), [EROFS_ERRNO]);
     assert!(marker_lines(&text, "HUSK-FS-FAILED").is_empty(), "{text}");
+
+    assert!(
+        mounts
+            .iter()
+            .any(|l| l.starts_with(&format!("{TAG} /mnt virtiofs "))),
+        "no virtio-fs mount: {mounts:?}"
+    );
+    assert_eq!(marker_lines(&text, "HUSK-FS-WROTE"), [GUEST_FILE]);
+    assert_eq!(
+        std::fs::read_to_string(share.join(GUEST_FILE)).unwrap(),
+        format!("written by the guest into {TAG}\n")
+    );
+    assert_eq!(
+        marker_lines(&text, "HUSK-FS-READ"),
+        [format!("{BIG_LEN} {:016x}", fnv1a64(&big))],
+        "the guest read other bytes than the host wrote"
+    );
 
     let after = std::fs::read(&assets.pmem_image).unwrap();
     assert!(before == after, "the read-only image changed");

@@ -233,6 +233,11 @@ fn fs_check(args: &[String]) -> ! {
     if std::process::id() == 1 {
         mount_basics();
     }
+    // Mount the share first, so /proc/mounts shows it too.
+    let share = match args {
+        [tag, read, write, ..] => Some(mount_virtiofs(tag).map(|()| (tag, read, write))),
+        _ => None,
+    };
     match std::fs::read_to_string("/proc/mounts") {
         Ok(mounts) => mounts.lines().for_each(|l| println!("HUSK-MOUNT {l}")),
         Err(e) => println!("HUSK-FS-FAILED read /proc/mounts: {e}"),
@@ -246,10 +251,10 @@ fn fs_check(args: &[String]) -> ! {
         Err(e) => e.raw_os_error().map_or(e.to_string(), |n| n.to_string()),
     };
     println!("HUSK-FS-ROOT-WRITE {root_write}");
-    if let [tag, read, write, ..] = args {
-        if let Err(e) = virtiofs_check(tag, read, write) {
-            println!("HUSK-FS-FAILED {e}");
-        }
+    if let Some(Err(e)) =
+        share.map(|s| s.and_then(|(tag, read, write)| virtiofs_io(tag, read, write)))
+    {
+        println!("HUSK-FS-FAILED {e}");
     }
     println!("HUSK-FS-DONE");
     end_vm();
@@ -277,12 +282,16 @@ fn is_dax(path: &str) -> Result<bool, String> {
     Ok(stx.stx_attributes_mask & dax != 0 && stx.stx_attributes & dax != 0)
 }
 
-fn virtiofs_check(tag: &str, read: &str, write: &str) -> Result<(), String> {
+fn mount_virtiofs(tag: &str) -> Result<(), String> {
     let (t, m, f) = (cstr(tag), cstr("/mnt"), cstr("virtiofs"));
     // SAFETY: mount(2) with valid NUL-terminated strings and no data.
     if unsafe { libc::mount(t.as_ptr(), m.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
         return Err(errno(&format!("mount -t virtiofs {tag} /mnt")));
     }
+    Ok(())
+}
+
+fn virtiofs_io(tag: &str, read: &str, write: &str) -> Result<(), String> {
     let out = format!("/mnt/{write}");
     let text = format!("written by the guest into {tag}\n");
     std::fs::write(&out, text).map_err(|e| format!("write {out}: {e}"))?;
