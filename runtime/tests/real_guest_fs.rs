@@ -4,9 +4,11 @@
 //! One boot: the guest's root is /dev/pmem0 mapped read-only into guest
 //! memory, and the self-test's `fs` mode reports, from inside the guest, the
 //! root mount from /proc/mounts, whether /sbin/init is a DAX file and what a
-//! write to the root gets. It then mounts the virtio-fs share, writes a file
-//! the host reads afterwards, and checksums a 16 MiB host file, which the
-//! host checksums too. The host checks the image file is unchanged.
+//! write to the root gets. It then mounts the virtio-fs share with DAX
+//! (its window is device memory above RAM, like the pmem image), writes a
+//! file the host reads afterwards, and checksums a 16 MiB host file, which
+//! the host checksums too and which the guest must see as a DAX file. The
+//! host checks the image file is unchanged.
 
 mod common;
 
@@ -58,10 +60,10 @@ fn guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share() {
         .args(["vm", "--mem", "256M", "--cpus", "1"])
         .arg("--cmdline")
         .arg(format!(
-            "console=ttyS0 reboot=k panic=-1 -- fs {TAG} {BIG_FILE} {GUEST_FILE}"
+            "console=ttyS0 reboot=k panic=-1 -- fs {TAG} {BIG_FILE} {GUEST_FILE} dax=always"
         ))
         .arg("--fs")
-        .arg(format!("{TAG}={}", share.display()))
+        .arg(format!("{TAG}={},dax=64M", share.display()))
         .arg("--kernel")
         .arg(&assets.kernel)
         .arg("--pmem")
@@ -100,7 +102,7 @@ fn guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share() {
     assert!(
         mounts
             .iter()
-            .any(|l| l.starts_with(&format!("{TAG} /mnt virtiofs "))),
+            .any(|l| l.starts_with(&format!("{TAG} /mnt virtiofs ")) && l.contains("dax=always")),
         "no virtio-fs mount: {mounts:?}"
     );
     assert_eq!(marker_lines(&text, "HUSK-FS-WROTE"), [GUEST_FILE]);
@@ -112,6 +114,11 @@ fn guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share() {
         marker_lines(&text, "HUSK-FS-READ"),
         [format!("{BIG_LEN} {:016x}", fnv1a64(&big))],
         "the guest read other bytes than the host wrote"
+    );
+    assert_eq!(
+        marker_lines(&text, &format!("HUSK-FS-DAX /mnt/{BIG_FILE}")),
+        ["1"],
+        "the share's file is not mapped through the DAX window:\n{text}"
     );
 
     let after = std::fs::read(&assets.pmem_image).unwrap();

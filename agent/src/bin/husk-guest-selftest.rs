@@ -94,10 +94,11 @@ fn mount_basics() {
         let (s, t, f) = (cstr(source), cstr(target), cstr(fstype));
         // SAFETY: mount(2) with valid NUL-terminated strings and no data.
         if unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
-            println!(
-                "selftest: mount {target}: {}",
-                std::io::Error::last_os_error()
-            );
+            let e = std::io::Error::last_os_error();
+            // The kernel mounts devtmpfs itself over a disk root (DEVTMPFS_MOUNT).
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                println!("selftest: mount {target}: {e}");
+            }
         }
     }
 }
@@ -223,29 +224,30 @@ fn vsock_echo(port: u32) -> Result<u64, String> {
     std::io::copy(&mut reader, &mut writer).map_err(|e| format!("echo: {e}"))
 }
 
-/// `fs [TAG READ WRITE]`: prints every /proc/mounts line as `HUSK-MOUNT
-/// <line>`, whether /sbin/init is a DAX file (`HUSK-FS-DAX /sbin/init 1|0`)
-/// and whether the root refuses writes (`HUSK-FS-ROOT-WRITE <errno or ok>`).
-/// With a virtio-fs TAG: mounts it at /mnt, writes WRITE there
-/// (`HUSK-FS-WROTE <name>`) and reads READ (`HUSK-FS-READ <bytes> <fnv1a64>`).
-/// Ends with `HUSK-FS-DONE` and powers off.
+/// `fs [TAG READ WRITE [OPTIONS]]`: prints every /proc/mounts line as
+/// `HUSK-MOUNT <line>`, whether /sbin/init is a DAX file (`HUSK-FS-DAX
+/// /sbin/init 1|0`) and whether the root refuses writes (`HUSK-FS-ROOT-WRITE
+/// <errno or ok>`). With a virtio-fs TAG: mounts it at /mnt (with mount
+/// OPTIONS such as `dax=always`), writes WRITE there (`HUSK-FS-WROTE <name>`),
+/// reads READ (`HUSK-FS-READ <bytes> <fnv1a64>`) and says whether READ is a
+/// DAX file. Ends with `HUSK-FS-DONE` and powers off.
 fn fs_check(args: &[String]) -> ! {
     if std::process::id() == 1 {
         mount_basics();
     }
     // Mount the share first, so /proc/mounts shows it too.
     let share = match args {
-        [tag, read, write, ..] => Some(mount_virtiofs(tag).map(|()| (tag, read, write))),
+        [tag, read, write, rest @ ..] => {
+            let options = rest.first().map_or("", String::as_str);
+            Some(mount_virtiofs(tag, options).map(|()| (tag, read, write)))
+        }
         _ => None,
     };
     match std::fs::read_to_string("/proc/mounts") {
         Ok(mounts) => mounts.lines().for_each(|l| println!("HUSK-MOUNT {l}")),
         Err(e) => println!("HUSK-FS-FAILED read /proc/mounts: {e}"),
     }
-    match is_dax("/sbin/init") {
-        Ok(dax) => println!("HUSK-FS-DAX /sbin/init {}", u8::from(dax)),
-        Err(e) => println!("HUSK-FS-FAILED {e}"),
-    }
+    report_dax("/sbin/init");
     let root_write = match std::fs::write("/husk-write-test", b"x") {
         Ok(()) => "ok".to_string(),
         Err(e) => e.raw_os_error().map_or(e.to_string(), |n| n.to_string()),
@@ -259,6 +261,13 @@ fn fs_check(args: &[String]) -> ! {
     println!("HUSK-FS-DONE");
     end_vm();
     std::process::exit(0)
+}
+
+fn report_dax(path: &str) {
+    match is_dax(path) {
+        Ok(dax) => println!("HUSK-FS-DAX {path} {}", u8::from(dax)),
+        Err(e) => println!("HUSK-FS-FAILED {e}"),
+    }
 }
 
 fn is_dax(path: &str) -> Result<bool, String> {
@@ -282,11 +291,14 @@ fn is_dax(path: &str) -> Result<bool, String> {
     Ok(stx.stx_attributes_mask & dax != 0 && stx.stx_attributes & dax != 0)
 }
 
-fn mount_virtiofs(tag: &str) -> Result<(), String> {
+fn mount_virtiofs(tag: &str, options: &str) -> Result<(), String> {
     let (t, m, f) = (cstr(tag), cstr("/mnt"), cstr("virtiofs"));
-    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
-    if unsafe { libc::mount(t.as_ptr(), m.as_ptr(), f.as_ptr(), 0, std::ptr::null()) } != 0 {
-        return Err(errno(&format!("mount -t virtiofs {tag} /mnt")));
+    let data = std::ffi::CString::new(options).map_err(|_| "NUL in mount options")?;
+    // SAFETY: mount(2) with valid NUL-terminated strings; data is a C string.
+    if unsafe { libc::mount(t.as_ptr(), m.as_ptr(), f.as_ptr(), 0, data.as_ptr().cast()) } != 0 {
+        return Err(errno(&format!(
+            "mount -t virtiofs -o {options:?} {tag} /mnt"
+        )));
     }
     Ok(())
 }
@@ -311,6 +323,7 @@ fn virtiofs_io(tag: &str, read: &str, write: &str) -> Result<(), String> {
         hash = fnv1a64(hash, &buf[..n]);
     }
     println!("HUSK-FS-READ {total} {hash:016x}");
+    report_dax(&path);
     Ok(())
 }
 
