@@ -168,4 +168,29 @@ mod tests {
             Err(DeviceMemoryError::OutOfAddressSpace { .. })
         ));
     }
+
+    #[test]
+    fn registers_each_range_as_its_own_kvm_slot() {
+        if !crate::testing::kvm_or_skip("registers_each_range_as_its_own_kvm_slot") {
+            return;
+        }
+        let (_kvm, vm) = crate::kvm_setup::create_vm().unwrap();
+        let ram = ram(64 << 20);
+        crate::kvm_setup::register_memory(&vm, &ram).unwrap();
+        let mut dm = DeviceMemory::new(&ram);
+        let image = MmapRegion::new(4 << 20).unwrap();
+        let host = image.as_ptr() as u64;
+        let a = dm.add_mapping(&vm, image, SlotAccess::ReadOnly).unwrap();
+        let window = MmapRegion::new(2 << 20).unwrap();
+        let b = dm.add_mapping(&vm, window, SlotAccess::ReadWrite).unwrap();
+        assert_eq!(b.0 - a.0, DEVICE_MEMORY_ALIGN);
+        assert_eq!(dm.next_slot, 3);
+        // KVM refuses a second slot over a range already mapped, and the error says where.
+        // SAFETY: `dm` keeps the mapping at `host` alive.
+        let err = unsafe { dm.register(&vm, a, host, 2 << 20, SlotAccess::ReadWrite) };
+        assert!(
+            matches!(err, Err(DeviceMemoryError::Slot { addr, .. }) if addr == a.0),
+            "{err:?}"
+        );
+    }
 }
