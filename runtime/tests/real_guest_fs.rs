@@ -4,7 +4,7 @@
 //! One boot: the guest's root is /dev/pmem0 mapped read-only into guest
 //! memory, and the self-test's `fs` mode reports, from inside the guest, the
 //! root mount from /proc/mounts, whether /sbin/init is a DAX file and what a
-//! write to the root gets. It then mounts the virtio-fs share with DAX
+//! write to the root gets, and whether a raw write to /dev/pmem0 sticks. It then mounts the virtio-fs share with DAX
 //! (its window is device memory above RAM, like the pmem image), writes a
 //! file the host reads afterwards, and checksums a 16 MiB host file, which
 //! the host checksums too and which the guest must see as a DAX file. The
@@ -97,6 +97,8 @@ fn guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share() {
         "/sbin/init is not a DAX file:\n{text}"
     );
     assert_eq!(marker_lines(&text, "HUSK-FS-ROOT-WRITE"), [EROFS_ERRNO]);
+    // Even the guest's root, writing the device itself, cannot change the shared image.
+    assert_eq!(marker_lines(&text, "HUSK-FS-PMEM-WRITE"), ["dropped"]);
     assert!(marker_lines(&text, "HUSK-FS-FAILED").is_empty(), "{text}");
 
     assert!(

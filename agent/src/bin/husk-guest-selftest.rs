@@ -253,6 +253,7 @@ fn fs_check(args: &[String]) -> ! {
         Err(e) => e.raw_os_error().map_or(e.to_string(), |n| n.to_string()),
     };
     println!("HUSK-FS-ROOT-WRITE {root_write}");
+    println!("HUSK-FS-PMEM-WRITE {}", pmem_write_probe());
     if let Some(Err(e)) =
         share.map(|s| s.and_then(|(tag, read, write)| virtiofs_io(tag, read, write)))
     {
@@ -261,6 +262,42 @@ fn fs_check(args: &[String]) -> ! {
     println!("HUSK-FS-DONE");
     end_vm();
     std::process::exit(0)
+}
+
+/// Writes a block at the end of /dev/pmem0, bypassing every cache, and reads
+/// it back: `kept` when the write reached the device memory, `dropped` when
+/// it did not (a read-only image: KVM turns the stores into exits the VMM
+/// ignores).
+fn pmem_write_probe() -> String {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: usize = 4096;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_SYNC)
+        .open("/dev/pmem0")
+    {
+        Ok(f) => f,
+        Err(e) => return format!("open /dev/pmem0: {e}"),
+    };
+    // A block device's size is where its end is.
+    let size = match std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)) {
+        Ok(size) => size,
+        Err(e) => return format!("size /dev/pmem0: {e}"),
+    };
+    // O_DIRECT wants block-aligned memory: carve aligned blocks out of a larger buffer.
+    let mut raw = vec![0u8; 3 * BLOCK];
+    let skip = raw.as_ptr().align_offset(BLOCK);
+    let (written, read) = raw[skip..skip + 2 * BLOCK].split_at_mut(BLOCK);
+    written.fill(0xa5);
+    let at = size.saturating_sub(BLOCK as u64);
+    if let Err(e) = file.write_all_at(written, at) {
+        return format!("write: {e}");
+    }
+    if let Err(e) = file.read_exact_at(read, at) {
+        return format!("read back: {e}");
+    }
+    if read == written { "kept" } else { "dropped" }.into()
 }
 
 fn report_dax(path: &str) {
