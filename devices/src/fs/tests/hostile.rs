@@ -203,3 +203,45 @@ fn a_reset_drops_every_inode_and_a_new_init_serves_again() {
     );
     still_serves(&mut h);
 }
+
+#[test]
+fn a_repeated_init_and_requests_with_odd_credentials_do_not_break_the_device() {
+    let mut h = FsHarness::new();
+    fs::write(h.host("f"), b"x").unwrap();
+    let node = h.lookup(ROOT, "f").unwrap().nodeid;
+    assert_eq!(h.init().major, 7);
+    still_serves(&mut h);
+    assert_eq!(h.getattr(node).unwrap().size, 1);
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping the guest-uid part: acting as guest uid 1000 needs host root");
+        return;
+    }
+    // A request from an unprivileged guest user creates a file it owns.
+    let unique = h.next_unique();
+    let args = MkdirIn {
+        mode: 0o755,
+        umask: 0,
+    };
+    let mut req = request(
+        Opcode::Mkdir,
+        ROOT,
+        unique,
+        &[args.as_slice(), &name("userdir")],
+    );
+    let header = InHeader {
+        uid: 1000,
+        gid: 1000,
+        ..*InHeader::from_slice(&req[..40]).unwrap()
+    };
+    req[..40].copy_from_slice(header.as_slice());
+    let reply = h.send_on(REQUEST_QUEUE, &[&req], &[4096]);
+    let entry: EntryOut = reply.ok().unwrap();
+    assert_eq!((entry.attr.uid, entry.attr.gid), (1000, 1000));
+    let meta = std::os::unix::fs::MetadataExt::uid(&fs::metadata(h.host("userdir")).unwrap());
+    assert_eq!(meta, 1000);
+    // The event loop's thread is back to root afterwards.
+    // SAFETY: geteuid has no memory effects.
+    assert_eq!(unsafe { libc::geteuid() }, 0);
+    still_serves(&mut h);
+}
