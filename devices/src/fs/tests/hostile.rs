@@ -245,3 +245,39 @@ fn a_repeated_init_and_requests_with_odd_credentials_do_not_break_the_device() {
     assert_eq!(unsafe { libc::geteuid() }, 0);
     still_serves(&mut h);
 }
+
+// xorshift64: deterministic pseudo-random bytes, so a failure reproduces.
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn random_requests_for_every_opcode_never_stop_the_device() {
+    let mut h = FsHarness::new();
+    fs::create_dir(h.host("d")).unwrap();
+    fs::write(h.host("d/f"), b"payload").unwrap();
+    let d = h.lookup(ROOT, "d").unwrap().nodeid;
+    let f = h.lookup(d, "f").unwrap().nodeid;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..40 {
+        for op in 1..=50u32 {
+            let len = (next_rand(&mut seed) % 160) as usize;
+            let body: Vec<u8> = (0..len).map(|_| next_rand(&mut seed) as u8).collect();
+            let nodeid = [ROOT, d, f, next_rand(&mut seed)][round % 4];
+            let mut req = request(Opcode::Getattr, nodeid, 1000 + round as u64, &[&body]);
+            req[4..8].copy_from_slice(&op.to_le_bytes());
+            let q = if op % 7 == 0 {
+                HIPRIO_QUEUE
+            } else {
+                REQUEST_QUEUE
+            };
+            h.send_on(q, &[&req], &[4096]);
+        }
+    }
+    assert!(h.metric(|m| &m.requests) >= 2000);
+    h.init();
+    still_serves(&mut h);
+}
