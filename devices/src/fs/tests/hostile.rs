@@ -281,3 +281,26 @@ fn random_requests_for_every_opcode_never_stop_the_device() {
     h.init();
     still_serves(&mut h);
 }
+
+#[test]
+fn requests_made_available_before_driver_ok_are_served_on_activation() {
+    let mut h = FsHarness::new();
+    h.drv.write_reg(0x70, 0);
+    h.drv.init_queues();
+    let unique = h.next_unique();
+    let init = InitIn {
+        major: 7,
+        minor: 36,
+        ..Default::default()
+    };
+    let req = request(Opcode::Init, 0, unique, &[init.as_slice(), &[0u8; 48]]);
+    // No kick: the device learns of the request from its activation alone.
+    let descs = h.drv.add_chain(REQUEST_QUEUE, &[&req], &[4096]).unwrap();
+    h.drv.set_driver_ok();
+    h.pump();
+    let used = h.drv.take_used(REQUEST_QUEUE);
+    assert_eq!(used, [(descs[0], (OUT_HEADER_LEN + 64) as u32)]);
+    let out = h.drv.read_buf(REQUEST_QUEUE, descs[1], OUT_HEADER_LEN);
+    assert_eq!(OutHeader::from_slice(&out).unwrap().unique, unique);
+    still_serves(&mut h);
+}
