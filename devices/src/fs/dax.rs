@@ -7,6 +7,11 @@
 //! guest loads and stores hit the host page cache; REMOVEMAPPING puts the
 //! reservation back. Every range the guest names is checked against the
 //! window first: MAP_FIXED outside it would clobber the VMM's own memory.
+//!
+//! The window must never be part of the `GuestMemory` devices read virtqueue
+//! buffers from: its pages are PROT_NONE or may lie past a file's end, so a
+//! descriptor pointing into it would fault the host process. It is a KVM
+//! memory slot only, touched by guest vCPUs alone.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -73,9 +78,9 @@ impl DaxWindow {
     // The host address of [moffset, moffset + len), if it is a non-empty,
     // page-aligned range inside the window.
     fn range(&self, moffset: u64, len: u64) -> io::Result<*mut libc::c_void> {
-        let page = page_size();
+        let page_mask = page_size() - 1;
         let end = moffset.checked_add(len).ok_or_else(einval)?;
-        if len == 0 || end > self.len || moffset % page != 0 || len % page != 0 {
+        if len == 0 || end > self.len || (moffset | len) & page_mask != 0 {
             tracing::warn!(
                 moffset,
                 len,

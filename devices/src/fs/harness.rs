@@ -18,7 +18,9 @@ pub use fuse_backend_rs::abi::fuse_abi::{
     InHeader, InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader,
     ReadIn, ReleaseIn, RenameIn, SetattrIn, SetattrValid, StatfsOut, WriteIn, WriteOut,
 };
-pub use fuse_backend_rs::abi::virtio_fs::{RemovemappingIn, RemovemappingOne, SetupmappingIn};
+pub use fuse_backend_rs::abi::virtio_fs::{
+    RemovemappingIn, RemovemappingOne, SetupmappingFlags, SetupmappingIn,
+};
 use vm_memory::ByteValued;
 use vmm_sys_util::tempdir::TempDir;
 

@@ -24,7 +24,6 @@ use std::sync::atomic::AtomicU64;
 pub use dax::{DaxWindow, DAX_ALIGNMENT};
 pub use device::{CacheMode, FsConfig, FsDevice, FsError, MAX_REQUEST_QUEUES, TAG_LEN};
 pub use event_handler::{PROCESS_ACTIVATE, PROCESS_QUEUE_BASE};
-pub use request::serve_chain;
 
 /// Virtio device ID of virtio-fs.
 pub const VIRTIO_ID_FS: u32 = 26;

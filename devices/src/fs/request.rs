@@ -6,8 +6,8 @@
 //! the server could not answer gets an error reply with the request's
 //! `unique`; a chain without a readable FUSE header, or whose buffers lie
 //! outside guest memory, is returned used with length 0 (dropped). Nothing
-//! here panics on guest data, so the device keeps serving. `serve_chain` is
-//! also the entry point for fuzzing.
+//! here panics on guest data, so the device keeps serving. Fuzzing reaches
+//! this through `harness::FsHarness::send_on` (arbitrary chains, real queues).
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -22,7 +22,7 @@ use super::FsMetrics;
 use crate::virtio::GuestMemory;
 
 /// Serves the FUSE request in `chain`; returns the used length for the ring.
-pub fn serve_chain(
+pub(super) fn serve_chain(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     server: &FuseServer,

@@ -100,6 +100,13 @@ impl GuestDriver {
 
     /// The driver's initialization sequence (virtio 1.2, 3.1.1), all queues.
     pub fn init(&mut self) {
+        self.init_queues();
+        self.set_driver_ok();
+    }
+
+    /// Initialization up to live queues, without DRIVER_OK: a driver may
+    /// make buffers available before the device is activated.
+    pub fn init_queues(&mut self) {
         self.clear_rings();
         self.write_reg(0x70, ACKNOWLEDGE);
         self.write_reg(0x70, ACKNOWLEDGE | DRIVER);
@@ -114,6 +121,10 @@ impl GuestDriver {
         for q in 0..self.queues.len() {
             self.setup_queue(q);
         }
+    }
+
+    /// Sets DRIVER_OK, activating the device.
+    pub fn set_driver_ok(&mut self) {
         self.write_reg(0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(
             self.read_reg(0x70),

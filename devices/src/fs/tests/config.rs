@@ -25,7 +25,8 @@ fn bad_configurations_are_refused_with_the_reason() {
     let ok = config(dir.as_path().to_path_buf());
     let file = dir.as_path().join("file");
     fs::write(&file, b"").unwrap();
-    let cases: Vec<(FsConfig, fn(&FsError) -> bool)> = vec![
+    type Expect = fn(&FsError) -> bool;
+    let cases: Vec<(FsConfig, Expect)> = vec![
         (
             FsConfig {
                 tag: String::new(),

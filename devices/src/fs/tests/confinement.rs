@@ -212,3 +212,22 @@ fn link_cannot_bring_an_outside_file_in() {
     assert!(!h.host("stolen").exists() && !h.outside("stolen").exists());
     assert_untouched(&h, &before);
 }
+
+#[test]
+fn dot_and_dotdot_names_cannot_remove_or_replace_the_root_or_its_parent() {
+    let (mut h, before) = with_secrets();
+    fs::write(h.host("f"), b"x").unwrap();
+    let file = h.lookup(ROOT, "f").unwrap().nodeid;
+    for n in [".", ".."] {
+        assert_ne!(h.unlink(ROOT, n), 0, "unlink {n}");
+        assert_ne!(h.status(Opcode::Rmdir, ROOT, &[&name(n)]), 0, "rmdir {n}");
+        assert_ne!(h.rename(ROOT, n, ROOT, "moved"), 0, "rename {n}");
+        assert_ne!(h.rename(ROOT, "f", ROOT, n), 0, "rename onto {n}");
+        assert!(h.mkdir(ROOT, n, 0o755).is_err(), "mkdir {n}");
+        assert!(h.symlink(ROOT, n, "/").is_err(), "symlink {n}");
+        assert!(h.link(file, ROOT, n).is_err(), "link {n}");
+    }
+    assert!(h.root().is_dir() && h.host("f").is_file());
+    assert!(!h.host("moved").exists());
+    assert_untouched(&h, &before);
+}

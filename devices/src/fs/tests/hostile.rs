@@ -203,3 +203,104 @@ fn a_reset_drops_every_inode_and_a_new_init_serves_again() {
     );
     still_serves(&mut h);
 }
+
+#[test]
+fn a_repeated_init_and_requests_with_odd_credentials_do_not_break_the_device() {
+    let mut h = FsHarness::new();
+    fs::write(h.host("f"), b"x").unwrap();
+    let node = h.lookup(ROOT, "f").unwrap().nodeid;
+    assert_eq!(h.init().major, 7);
+    still_serves(&mut h);
+    assert_eq!(h.getattr(node).unwrap().size, 1);
+    // SAFETY: geteuid has no memory effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping the guest-uid part: acting as guest uid 1000 needs host root");
+        return;
+    }
+    // A request from an unprivileged guest user creates a file it owns.
+    let unique = h.next_unique();
+    let args = MkdirIn {
+        mode: 0o755,
+        umask: 0,
+    };
+    let mut req = request(
+        Opcode::Mkdir,
+        ROOT,
+        unique,
+        &[args.as_slice(), &name("userdir")],
+    );
+    let header = InHeader {
+        uid: 1000,
+        gid: 1000,
+        ..*InHeader::from_slice(&req[..40]).unwrap()
+    };
+    req[..40].copy_from_slice(header.as_slice());
+    let reply = h.send_on(REQUEST_QUEUE, &[&req], &[4096]);
+    let entry: EntryOut = reply.ok().unwrap();
+    assert_eq!((entry.attr.uid, entry.attr.gid), (1000, 1000));
+    let meta = std::os::unix::fs::MetadataExt::uid(&fs::metadata(h.host("userdir")).unwrap());
+    assert_eq!(meta, 1000);
+    // The event loop's thread is back to root afterwards.
+    // SAFETY: geteuid has no memory effects.
+    assert_eq!(unsafe { libc::geteuid() }, 0);
+    still_serves(&mut h);
+}
+
+// xorshift64: deterministic pseudo-random bytes, so a failure reproduces.
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn random_requests_for_every_opcode_never_stop_the_device() {
+    let mut h = FsHarness::new();
+    fs::create_dir(h.host("d")).unwrap();
+    fs::write(h.host("d/f"), b"payload").unwrap();
+    let d = h.lookup(ROOT, "d").unwrap().nodeid;
+    let f = h.lookup(d, "f").unwrap().nodeid;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..40 {
+        for op in 1..=50u32 {
+            let len = (next_rand(&mut seed) % 160) as usize;
+            let body: Vec<u8> = (0..len).map(|_| next_rand(&mut seed) as u8).collect();
+            let nodeid = [ROOT, d, f, next_rand(&mut seed)][round % 4];
+            let mut req = request(Opcode::Getattr, nodeid, 1000 + round as u64, &[&body]);
+            req[4..8].copy_from_slice(&op.to_le_bytes());
+            let q = if op % 7 == 0 {
+                HIPRIO_QUEUE
+            } else {
+                REQUEST_QUEUE
+            };
+            h.send_on(q, &[&req], &[4096]);
+        }
+    }
+    assert!(h.metric(|m| &m.requests) >= 2000);
+    h.init();
+    still_serves(&mut h);
+}
+
+#[test]
+fn requests_made_available_before_driver_ok_are_served_on_activation() {
+    let mut h = FsHarness::new();
+    h.drv.write_reg(0x70, 0);
+    h.drv.init_queues();
+    let unique = h.next_unique();
+    let init = InitIn {
+        major: 7,
+        minor: 36,
+        ..Default::default()
+    };
+    let req = request(Opcode::Init, 0, unique, &[init.as_slice(), &[0u8; 48]]);
+    // No kick: the device learns of the request from its activation alone.
+    let descs = h.drv.add_chain(REQUEST_QUEUE, &[&req], &[4096]).unwrap();
+    h.drv.set_driver_ok();
+    h.pump();
+    let used = h.drv.take_used(REQUEST_QUEUE);
+    assert_eq!(used, [(descs[0], (OUT_HEADER_LEN + 64) as u32)]);
+    let out = h.drv.read_buf(REQUEST_QUEUE, descs[1], OUT_HEADER_LEN);
+    assert_eq!(OutHeader::from_slice(&out).unwrap().unique, unique);
+    still_serves(&mut h);
+}
