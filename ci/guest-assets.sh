@@ -4,11 +4,13 @@
 #   HUSK_KERNEL   the guest vmlinux (guest-kernel-config/build.sh, cached)
 #   HUSK_INITRD   an uncompressed initramfs with the guest self-test as /init
 #   HUSK_BUSYBOX_INITRD  the same plus busybox-static at /bin/busybox
+#   HUSK_PMEM_IMAGE  an erofs image for virtio-pmem + DAX: the self-test as
+#                 /sbin/init, busybox-static at /bin/busybox
 # Progress goes to stderr.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HUSK_CACHE:-$HOME/.cache/husk}
-mkdir -p "$cache/initrd"
+mkdir -p "$cache/initrd" "$cache/pmem"
 
 kernel=$("$root/guest-kernel-config/build.sh" | tail -n1)
 
@@ -27,7 +29,10 @@ initrd="$cache/initrd/selftest.cpio"
 "$root/rootfs/build-initramfs.sh" "$initrd" "$selftest" >/dev/null
 bb_initrd="$cache/initrd/selftest-busybox.cpio"
 "$root/rootfs/build-initramfs.sh" "$bb_initrd" "$selftest" /bin/busybox:/bin/busybox >/dev/null
+pmem_image="$cache/pmem/selftest.erofs"
+"$root/rootfs/build-pmem-image.sh" "$pmem_image" "$selftest" /bin/busybox:/bin/busybox >/dev/null
 
 echo "HUSK_KERNEL=$kernel"
 echo "HUSK_INITRD=$initrd"
 echo "HUSK_BUSYBOX_INITRD=$bb_initrd"
+echo "HUSK_PMEM_IMAGE=$pmem_image"

@@ -3,9 +3,11 @@
 //! `bus` routes guest port and MMIO accesses to devices; `legacy` holds the
 //! PC devices a Linux guest expects to find (16550 serial console, i8042 reset
 //! line). `virtio` is the virtio-mmio transport and device contract; virtio
-//! devices follow, one folder per device (`vsock`).
+//! devices follow, one folder per device (`vsock`, `fs`, `pmem`).
 
 pub mod bus;
+pub mod fs;
 pub mod legacy;
+pub mod pmem;
 pub mod virtio;
 pub mod vsock;

@@ -80,10 +80,31 @@ fn unreadable_initrd_is_named() {
         );
         return;
     }
-    // The initrd is read right after the kernel loads, so any loadable ELF
-    // kernel will do: a two-byte loop from the assembler.
     let dir = std::env::temp_dir().join(format!("husk-cli-initrd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let elf = loop_kernel(&dir);
+    let elf = elf.to_str().unwrap();
+    fails_with(
+        &[
+            "vm",
+            "--kernel",
+            elf,
+            "--initrd",
+            "/nonexistent/initrd.cpio",
+        ],
+        &["/nonexistent/initrd.cpio", "initrd"],
+    );
+    let dir_as_initrd = dir.to_str().unwrap();
+    fails_with(
+        &["vm", "--kernel", elf, "--initrd", dir_as_initrd],
+        &[dir_as_initrd, "initrd"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A loadable ELF kernel that only loops, assembled in `dir`: enough for
+/// checks that run after the kernel loads (initrd, pmem images).
+fn loop_kernel(dir: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let src = dir.join("k.s");
     std::fs::write(&src, ".globl _start\n_start: jmp _start\n").unwrap();
     let obj = dir.join("k.o");
@@ -102,21 +123,97 @@ fn unreadable_initrd_is_named() {
         .status()
         .unwrap()
         .success());
-    let elf = elf.to_str().unwrap();
+    elf
+}
+
+#[test]
+fn bad_pmem_options_and_images_are_named() {
     fails_with(
-        &[
-            "vm",
-            "--kernel",
-            elf,
-            "--initrd",
-            "/nonexistent/initrd.cpio",
-        ],
-        &["/nonexistent/initrd.cpio", "initrd"],
+        &["vm", "--kernel", "/k", "--pmem", "/img,readonly"],
+        &["--pmem", "\"readonly\"", "FILE[,ro]"],
     );
-    let dir_as_initrd = dir.to_str().unwrap();
     fails_with(
-        &["vm", "--kernel", elf, "--initrd", dir_as_initrd],
-        &[dir_as_initrd, "initrd"],
+        &["vm", "--kernel", "/k", "--pmem", ",ro"],
+        &["--pmem", "FILE"],
+    );
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP pmem image checks: need /dev/kvm to get as far as mapping images");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("husk-cli-pmem-{}", std::process::id()));
+    let elf = loop_kernel(&dir);
+    let elf = elf.to_str().unwrap();
+    let sized = |name: &str, len: u64| {
+        let path = dir.join(name);
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (empty, odd, plain) = (
+        sized("empty.img", 0),
+        sized("odd.img", 3 << 20),
+        sized("plain.img", 2 << 20),
+    );
+    let pmem = |img: &str| {
+        vec!["vm", "--kernel", elf, "--pmem"]
+            .into_iter()
+            .chain([img])
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>, expect: &[&str]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, expect);
+    };
+    run(
+        pmem("/nonexistent/root.img,ro"),
+        &["/nonexistent/root.img", "No such file"],
+    );
+    run(pmem(&empty), &[&empty, "is empty"]);
+    run(
+        pmem(&format!("{odd},ro")),
+        &[&odd, "not a multiple of 2 MiB"],
+    );
+    run(
+        pmem(&format!("{plain},ro")),
+        &[&plain, "neither erofs nor ext4"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_fs_shares_are_named() {
+    fails_with(
+        &["vm", "--kernel", "/k", "--fs", "data=/srv,cache=sometimes"],
+        &["--fs", "\"sometimes\"", "none, auto or always"],
+    );
+    fails_with(
+        &["vm", "--kernel", "/k", "--fs", "/srv"],
+        &["--fs", "TAG=DIR"],
+    );
+    fails_with(
+        &["vm", "--kernel", "/k", "--fs", "data=/srv,dax=huge"],
+        &["--fs", "dax window", "\"huge\""],
+    );
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP virtio-fs share checks: need /dev/kvm to get as far as creating devices");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("husk-cli-fs-{}", std::process::id()));
+    let elf = loop_kernel(&dir);
+    let (elf, share) = (elf.to_str().unwrap(), dir.to_str().unwrap());
+    let with_fs = |fs: &str, expect: &[&str]| {
+        fails_with(&["vm", "--kernel", elf, "--fs", fs], expect);
+    };
+    with_fs(
+        "data=/nonexistent/share",
+        &["/nonexistent/share", "virtio-fs"],
+    );
+    with_fs(&format!("data={}/k.s", share), &["k.s", "not a directory"]);
+    with_fs(&format!("data={share},dax=3M"), &["DAX window", "3145728"]);
+    let long_tag = "t".repeat(37);
+    with_fs(
+        &format!("{long_tag}={share}"),
+        &[&long_tag, "1 to 36 bytes"],
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -14,14 +14,20 @@ use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use husk_devices::bus::Bus;
-use husk_devices::virtio::{IrqFdInterrupt, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+use husk_devices::fs::{FsConfig, FsDevice};
+use husk_devices::pmem::PmemDevice;
+use husk_devices::virtio::{
+    IrqFdInterrupt, MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET,
+};
 use husk_devices::vsock::{VsockConfig, VsockDevice};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::device_memory::{DeviceMemory, DeviceMemoryError, SlotAccess};
 use crate::layout::MMIO_GAP_START;
+use crate::pmem::{ImageFs, PmemImage, PmemImageError, PmemSpec};
 
 /// First legacy IRQ for virtio devices (0-4 are PIT, keyboard, cascade, COM2, COM1).
 const FIRST_VIRTIO_IRQ: u32 = 5;
@@ -43,6 +49,14 @@ pub enum DeviceError {
     NoIrq,
     #[error("cannot create the vsock device: {0}")]
     Vsock(#[from] husk_devices::vsock::VsockError),
+    #[error("cannot create the virtio-fs device: {0}")]
+    Fs(#[from] husk_devices::fs::FsError),
+    #[error(transparent)]
+    PmemImage(#[from] PmemImageError),
+    #[error("cannot create the pmem device: {0}")]
+    Pmem(#[from] husk_devices::pmem::PmemError),
+    #[error(transparent)]
+    DeviceMemory(#[from] DeviceMemoryError),
     #[error("cannot create the virtio-mmio transport: {0}")]
     Transport(#[from] husk_devices::virtio::MmioError),
     #[error("cannot create an eventfd: {0}")]
@@ -94,6 +108,73 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Adds a virtio-pmem device for the image in `spec`, mapped into `dev_mem`;
+    /// returns the filesystem the image holds.
+    pub fn add_pmem(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        dev_mem: &mut DeviceMemory,
+        spec: &PmemSpec,
+        kvm_readonly_mem: bool,
+    ) -> Result<ImageFs, DeviceError> {
+        let image = PmemImage::open(spec, kvm_readonly_mem)?;
+        let size = image.mapping.size() as u64;
+        let fs = image.fs;
+        let base = dev_mem.add_mapping(vm, image.mapping, image.plan.access)?;
+        tracing::info!(
+            path = %spec.path.display(),
+            base = format_args!("{:#x}", base.0),
+            size,
+            access = ?image.plan.access,
+            ?fs,
+            "pmem image mapped"
+        );
+        let device = Arc::new(Mutex::new(PmemDevice::new(image.file, base.0, size)?));
+        self.add_mmio(vm, mem, mmio, device.clone())?;
+        self.subscribers.push(device);
+        Ok(fs)
+    }
+
+    /// Adds a virtio-fs device sharing `config.shared_dir`; its DAX window,
+    /// if any, becomes device memory the guest reaches without exits.
+    pub fn add_fs(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio: &mut Bus,
+        dev_mem: &mut DeviceMemory,
+        config: &FsConfig,
+    ) -> Result<(), DeviceError> {
+        let mut device = FsDevice::new(config)?;
+        for region in device.shm_regions() {
+            let base = dev_mem.allocate(region.len)?;
+            // SAFETY: the device owns the window's mapping and lives on the
+            // device thread, which `Vm::run` stops only after every vCPU.
+            unsafe {
+                dev_mem.register(
+                    vm,
+                    base,
+                    region.host_addr,
+                    region.len,
+                    SlotAccess::ReadWrite,
+                )?
+            };
+            device.set_shm_base(region.id, base);
+            tracing::info!(
+                tag = config.tag,
+                base = format_args!("{:#x}", base.0),
+                len = region.len,
+                "virtio-fs DAX window mapped"
+            );
+        }
+        let device = Arc::new(Mutex::new(device));
+        self.add_mmio(vm, mem, mmio, device.clone())?;
+        self.subscribers.push(device);
+        Ok(())
+    }
+
     fn add_mmio<D>(
         &mut self,
         vm: &VmFd,
@@ -102,7 +183,7 @@ impl DeviceManager {
         device: Arc<Mutex<D>>,
     ) -> Result<(), DeviceError>
     where
-        D: husk_devices::virtio::VirtioDevice + 'static,
+        D: VirtioDevice + 'static,
     {
         let index = self.cmdline.len() as u32;
         let irq = FIRST_VIRTIO_IRQ + index;

@@ -16,10 +16,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_devices::bus::Bus;
+use husk_devices::fs::FsConfig;
 use husk_devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use husk_devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use husk_devices::legacy::{ConsoleLog, ConsoleWriter, SerialConsole, I8042};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -29,8 +30,10 @@ use crate::boot::kernel::{self, KernelEntry};
 use crate::boot::{cpu_state, mptable, params};
 use crate::compat::{CompatMode, CompatProfile, HostKvm};
 use crate::device_manager::{DeviceError, DeviceManager, DeviceThread, VsockSpec};
+use crate::device_memory::DeviceMemory;
 use crate::kvm_setup::{self, KvmSetupError};
 use crate::memory::{self, MemoryError};
+use crate::pmem::PmemSpec;
 use crate::vcpu::{kick_signal, Vcpu, VcpuEvent};
 
 /// Base command line when the user gives none.
@@ -56,6 +59,10 @@ pub struct VmConfig {
     /// Called on vCPU 0's thread just before its first KVM_RUN.
     pub on_first_entry: Option<fn()>,
     pub vsock: Option<VsockSpec>,
+    /// virtio-pmem images; without an initrd the first one is the root filesystem.
+    pub pmem: Vec<PmemSpec>,
+    /// virtio-fs shares.
+    pub fs: Vec<FsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +92,11 @@ pub enum VmError {
     Bus(#[from] husk_devices::bus::BusError),
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(
+        "pmem image {0} holds neither erofs nor ext4, so husk cannot boot from it; \
+         give --initrd, or root= in --cmdline"
+    )]
+    UnknownRootImage(String),
     #[error("VM control loop failed: {0}")]
     EventLoop(std::io::Error),
     #[error("cannot start vCPU thread: {0}")]
@@ -117,6 +129,8 @@ pub struct RunReport {
 pub struct Vm {
     _kvm: Kvm,
     _fd: VmFd,
+    /// Host mappings behind device memory (pmem images), unmapped after the VM fd closes.
+    _device_memory: DeviceMemory,
     /// Guest RAM stays mapped as long as the VM fd that has it as memory slots.
     _mem: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
@@ -158,7 +172,21 @@ impl Vm {
         if let Some(spec) = &config.vsock {
             devices.add_vsock(&fd, &mem, &mut mmio, spec)?;
         }
+        let mut device_memory = DeviceMemory::new(&mem);
+        for share in &config.fs {
+            devices.add_fs(&fd, &mem, &mut mmio, &mut device_memory, share)?;
+        }
+        let root_words = add_pmem_devices(
+            config,
+            &kvm,
+            &fd,
+            &mem,
+            &mut mmio,
+            &mut devices,
+            &mut device_memory,
+        )?;
         let mut kernel_words = devices.cmdline.clone();
+        kernel_words.extend(root_words);
         if let Some(p) = &profile {
             tracing::info!("host compatibility profile: {p}");
             kernel_words.push(p.cmdline.to_string());
@@ -216,6 +244,7 @@ impl Vm {
         Ok(Self {
             _kvm: kvm,
             _fd: fd,
+            _device_memory: device_memory,
             _mem: mem,
             vcpus,
             console_log,
@@ -347,6 +376,40 @@ impl Vm {
             threads = running;
         }
     }
+}
+
+/// Adds the pmem devices; returns the kernel parameters that boot from the
+/// first image when there is no initrd and the command line names no root.
+fn add_pmem_devices(
+    config: &VmConfig,
+    kvm: &Kvm,
+    fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    devices: &mut DeviceManager,
+    device_memory: &mut DeviceMemory,
+) -> Result<Vec<String>, VmError> {
+    if config.pmem.is_empty() {
+        return Ok(Vec::new());
+    }
+    let readonly_mem = kvm.check_extension(Cap::ReadonlyMem);
+    tracing::debug!(readonly_mem, "KVM_CAP_READONLY_MEM");
+    let mut filesystems = Vec::new();
+    for spec in &config.pmem {
+        filesystems.push(devices.add_pmem(fd, mem, mmio, device_memory, spec, readonly_mem)?);
+    }
+    let user_root = config.cmdline.as_deref().is_some_and(|c| {
+        c.split_whitespace()
+            .take_while(|w| *w != "--")
+            .any(|w| w.starts_with("root="))
+    });
+    if config.initrd.is_some() || user_root {
+        return Ok(Vec::new());
+    }
+    let words = filesystems[0]
+        .root_words()
+        .ok_or_else(|| VmError::UnknownRootImage(config.pmem[0].path.display().to_string()))?;
+    Ok(words.iter().map(|w| w.to_string()).collect())
 }
 
 /// Adds kernel parameters to a command line, before any `--` (after which

@@ -137,6 +137,8 @@ fn pvh_guest_sees_the_promised_boot_state() {
         compat: CompatMode::Off,
         on_first_entry: None,
         vsock: None,
+        pmem: Vec::new(),
+        fs: Vec::new(),
     };
     let report = Vm::new(&config).unwrap().run().unwrap();
     assert_eq!(report.outcome, VmOutcome::Reset);

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use virtio_queue::Queue;
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{GuestMemory, VirtioInterrupt};
@@ -33,6 +34,17 @@ pub enum ActivateError {
     Signal(#[source] std::io::Error),
 }
 
+/// A shared memory region a device exposes to the guest (virtio 1.2, 2.10),
+/// e.g. virtio-fs's DAX window: host memory the VMM maps into the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShmRegion {
+    /// The shmid the driver selects with SHMSel.
+    pub id: u8,
+    /// Start of the host mapping, for the VMM's KVM memory slot.
+    pub host_addr: u64,
+    pub len: u64,
+}
+
 /// A virtio device model, independent of the transport that exposes it.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (virtio 1.2, 5).
@@ -51,4 +63,32 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Returns to the pre-activation state, dropping all backend state.
     fn reset(&mut self);
+    /// Shared memory regions; the VMM places each in guest-physical memory.
+    fn shm_regions(&self) -> Vec<ShmRegion> {
+        Vec::new()
+    }
+    /// Where the VMM placed region `id` in guest-physical memory; called
+    /// before the guest can see the device.
+    fn set_shm_base(&mut self, id: u8, guest_base: GuestAddress) {
+        tracing::warn!(
+            id,
+            base = guest_base.0,
+            "device has no shared memory region"
+        );
+    }
+    /// The guest-physical base of region `id`, once the VMM has set it.
+    fn shm_base(&self, _id: u8) -> Option<GuestAddress> {
+        None
+    }
+}
+
+/// Copies config-space bytes from `offset` into `data`; bytes past the end
+/// of `config` (or an offset that overflows) read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok());
+        *b = at.and_then(|o| config.get(o)).copied().unwrap_or(0);
+    }
 }

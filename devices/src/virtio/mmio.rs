@@ -51,6 +51,7 @@ pub struct MmioTransport {
     features_sel: u32,
     acked_features_sel: u32,
     queue_sel: u32,
+    shm_sel: u32,
     status: u32,
     config_generation: u32,
 }
@@ -87,6 +88,7 @@ impl MmioTransport {
             features_sel: 0,
             acked_features_sel: 0,
             queue_sel: 0,
+            shm_sel: 0,
             status: 0,
             config_generation: 0,
         })
@@ -118,6 +120,7 @@ impl MmioTransport {
             0x044 => self.queue().map_or(0, |q| u32::from(q.ready())),
             0x060 => self.interrupt.status(),
             0x070 => self.status,
+            0x0b0..=0x0bc => self.read_shm_reg(offset),
             0x0fc => self.config_generation,
             _ => {
                 tracing::warn!(
@@ -141,10 +144,34 @@ impl MmioTransport {
             0x050 => self.notify(v),
             0x064 => self.interrupt.ack(v),
             0x070 => self.write_status(v),
+            0x0ac => self.shm_sel = v,
             _ => tracing::warn!(
                 offset,
                 "virtio-mmio: write to unknown or read-only register"
             ),
+        }
+    }
+
+    // SHMLen/SHMBase of the selected region; all ones for a region that does
+    // not exist or that the VMM has not placed in guest memory (virtio 1.2, 4.2.2).
+    fn read_shm_reg(&self, offset: u64) -> u32 {
+        let value = {
+            let dev = lock(&self.device);
+            let id = u8::try_from(self.shm_sel).ok();
+            let region = id.and_then(|id| {
+                let region = dev.shm_regions().into_iter().find(|r| r.id == id)?;
+                Some((region.len, dev.shm_base(id)?.0))
+            });
+            match (offset, region) {
+                (0x0b0 | 0x0b4, Some((len, _))) => len,
+                (0x0b8 | 0x0bc, Some((_, base))) => base,
+                _ => u64::MAX,
+            }
+        };
+        if offset & 4 == 0 {
+            value as u32
+        } else {
+            (value >> 32) as u32
         }
     }
 
@@ -317,6 +344,7 @@ impl MmioTransport {
         self.features_sel = 0;
         self.acked_features_sel = 0;
         self.queue_sel = 0;
+        self.shm_sel = 0;
     }
 
     fn needs_reset(&mut self, why: &str) {

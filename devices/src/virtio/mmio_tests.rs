@@ -11,6 +11,8 @@ use crate::virtio::{status, VirtioInterrupt};
 struct Dummy {
     evts: Vec<EventFd>,
     active: bool,
+    shm: Option<super::super::ShmRegion>,
+    shm_base: Option<GuestAddress>,
 }
 
 impl VirtioDevice for Dummy {
@@ -37,12 +39,23 @@ impl VirtioDevice for Dummy {
     fn reset(&mut self) {
         self.active = false;
     }
+    fn shm_regions(&self) -> Vec<super::super::ShmRegion> {
+        self.shm.into_iter().collect()
+    }
+    fn set_shm_base(&mut self, _id: u8, guest_base: GuestAddress) {
+        self.shm_base = Some(guest_base);
+    }
+    fn shm_base(&self, id: u8) -> Option<GuestAddress> {
+        self.shm.filter(|r| r.id == id).and(self.shm_base)
+    }
 }
 
 fn driver() -> (GuestDriver, Arc<Mutex<Dummy>>) {
     let dev = Arc::new(Mutex::new(Dummy {
         evts: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
         active: false,
+        shm: None,
+        shm_base: None,
     }));
     (GuestDriver::new(dev.clone(), 64), dev)
 }
@@ -130,4 +143,64 @@ fn activation_without_ready_queues_needs_reset() {
     assert_ne!(d.read_reg(0x70) & status::DEVICE_NEEDS_RESET, 0);
     assert!(!dev.lock().unwrap().active);
     assert_eq!(d.interrupt.status(), 0);
+}
+
+fn read_shm(d: &mut GuestDriver, id: u32) -> (u64, u64) {
+    d.write_reg(0x0ac, id);
+    let wide =
+        |d: &mut GuestDriver, lo| u64::from(d.read_reg(lo)) | (u64::from(d.read_reg(lo + 4)) << 32);
+    (wide(d, 0x0b0), wide(d, 0x0b8))
+}
+
+#[test]
+fn shared_memory_registers_report_the_placed_region() {
+    let (mut d, dev) = driver();
+    assert_eq!(read_shm(&mut d, 0), (u64::MAX, u64::MAX), "no region");
+    dev.lock().unwrap().shm = Some(super::super::ShmRegion {
+        id: 0,
+        host_addr: 0x7f00_0000_0000,
+        len: 0x1_2000_0000,
+    });
+    assert_eq!(
+        read_shm(&mut d, 0),
+        (u64::MAX, u64::MAX),
+        "a region the VMM has not placed is hidden"
+    );
+    dev.lock()
+        .unwrap()
+        .set_shm_base(0, GuestAddress(0x2_4000_0000));
+    assert_eq!(read_shm(&mut d, 0), (0x1_2000_0000, 0x2_4000_0000));
+    assert_eq!(read_shm(&mut d, 1), (u64::MAX, u64::MAX), "other id");
+    assert_eq!(read_shm(&mut d, 0x100), (u64::MAX, u64::MAX), "id > u8");
+}
+
+#[test]
+fn devices_without_shared_memory_keep_the_default_contract() {
+    struct NoShm;
+    impl VirtioDevice for NoShm {
+        fn device_type(&self) -> u32 {
+            1
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[]
+        }
+        fn avail_features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn queue_events(&self) -> &[EventFd] {
+            &[]
+        }
+        fn activate(&mut self, _ctx: ActivateContext) -> Result<(), crate::virtio::ActivateError> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+    let mut dev = NoShm;
+    dev.set_shm_base(0, GuestAddress(0x1000));
+    assert!(dev.shm_regions().is_empty());
+    assert_eq!(dev.shm_base(0), None);
+    let mut d = GuestDriver::new(Arc::new(Mutex::new(dev)), 64);
+    assert_eq!(read_shm(&mut d, 0), (u64::MAX, u64::MAX));
 }

@@ -5,8 +5,11 @@
 //! queue with virtio-queue's `MockSplitQueue`: it posts descriptor chains
 //! (readable TX packets, writable RX buffers, or raw hostile descriptors),
 //! kicks QueueNotify and reads the used ring back. Each queue has fixed
-//! two-descriptor slots with a buffer per descriptor, recycled when used.
+//! two-descriptor slots with a buffer per descriptor, recycled when used;
+//! longer chains (FUSE requests mix readable and writable descriptors) span
+//! several slots, all recycled when the chain's head is used.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -43,6 +46,8 @@ pub struct GuestDriver {
 struct DriverQueue {
     free_slots: Vec<u16>,
     last_used: u16,
+    /// Slots after the first of each multi-slot chain, by head index.
+    chain_slots: HashMap<u16, Vec<u16>>,
 }
 
 impl GuestDriver {
@@ -55,6 +60,7 @@ impl GuestDriver {
             .map(|_| DriverQueue {
                 free_slots: (0..queue_size / 2).rev().collect(),
                 last_used: 0,
+                chain_slots: HashMap::new(),
             })
             .collect();
         Self {
@@ -94,6 +100,13 @@ impl GuestDriver {
 
     /// The driver's initialization sequence (virtio 1.2, 3.1.1), all queues.
     pub fn init(&mut self) {
+        self.init_queues();
+        self.set_driver_ok();
+    }
+
+    /// Initialization up to live queues, without DRIVER_OK: a driver may
+    /// make buffers available before the device is activated.
+    pub fn init_queues(&mut self) {
         self.clear_rings();
         self.write_reg(0x70, ACKNOWLEDGE);
         self.write_reg(0x70, ACKNOWLEDGE | DRIVER);
@@ -108,6 +121,10 @@ impl GuestDriver {
         for q in 0..self.queues.len() {
             self.setup_queue(q);
         }
+    }
+
+    /// Sets DRIVER_OK, activating the device.
+    pub fn set_driver_ok(&mut self) {
         self.write_reg(0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(
             self.read_reg(0x70),
@@ -126,6 +143,7 @@ impl GuestDriver {
                 .unwrap();
             dq.free_slots = (0..size / 2).rev().collect();
             dq.last_used = 0;
+            dq.chain_slots.clear();
         }
     }
 
@@ -151,6 +169,12 @@ impl GuestDriver {
     pub fn buf_addr(&self, q: usize, idx: u16) -> GuestAddress {
         let queue_bufs = u64::from(self.queue_size) * BUF_SIZE;
         GuestAddress(BUF_BASE + q as u64 * queue_bufs + u64::from(idx) * BUF_SIZE)
+    }
+
+    /// The head index the next `add_raw` on queue `q` will use, so a raw
+    /// chain can point its `next` fields at its own slot.
+    pub fn next_head(&self, q: usize) -> Option<u16> {
+        self.queues[q].free_slots.last().map(|slot| slot * 2)
     }
 
     pub fn free_slots(&self, q: usize) -> usize {
@@ -189,6 +213,20 @@ impl GuestDriver {
         Some(slot * 2)
     }
 
+    /// Posts a request chain: `request` in a readable descriptor, then a
+    /// writable response buffer of `response_len` bytes.
+    pub fn add_request(&mut self, q: usize, request: &[u8], response_len: u32) -> Option<u16> {
+        let slot = self.queues[q].free_slots.pop()?;
+        let (req, resp) = (self.buf_addr(q, slot * 2), self.buf_addr(q, slot * 2 + 1));
+        self.mem.write_slice(request, req).unwrap();
+        let descs = [
+            (req.0, request.len() as u32, 0),
+            (resp.0, response_len, VRING_DESC_F_WRITE as u16),
+        ];
+        self.post(q, slot, &descs);
+        Some(slot * 2)
+    }
+
     /// Posts up to two raw descriptors (addr, len, flags, next) as one chain in a slot.
     pub fn add_raw(&mut self, q: usize, descs: &[(u64, u32, u16, u16)]) -> Option<u16> {
         let slot = self.queues[q].free_slots.pop()?;
@@ -198,6 +236,56 @@ impl GuestDriver {
             .collect();
         self.publish(q, slot, &raw);
         Some(slot * 2)
+    }
+
+    /// Posts one chain of readable `parts` followed by writable buffers of
+    /// `lens` (each at most `BUF_SIZE`), spanning as many slots as it needs.
+    /// Returns the descriptor indices in chain order (the head first), or
+    /// None when the queue has too few free slots.
+    pub fn add_chain(&mut self, q: usize, parts: &[&[u8]], lens: &[u32]) -> Option<Vec<u16>> {
+        let count = parts.len() + lens.len();
+        let slots_needed = count.div_ceil(2);
+        if count == 0 || self.queues[q].free_slots.len() < slots_needed {
+            return None;
+        }
+        let slots: Vec<u16> = (0..slots_needed)
+            .filter_map(|_| self.queues[q].free_slots.pop())
+            .collect();
+        let idx: Vec<u16> = (0..count)
+            .map(|i| slots[i / 2] * 2 + (i % 2) as u16)
+            .collect();
+        let mut raw = Vec::with_capacity(count);
+        for (i, &at) in idx.iter().enumerate() {
+            let addr = self.buf_addr(q, at);
+            let (len, mut flags) = match parts.get(i) {
+                Some(part) => {
+                    self.mem.write_slice(part, addr).unwrap();
+                    (part.len() as u32, 0)
+                }
+                None => (lens[i - parts.len()], VRING_DESC_F_WRITE as u16),
+            };
+            let next = idx.get(i + 1).copied().unwrap_or(0);
+            if i + 1 < count {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            raw.push((at, Descriptor::new(addr.0, len, flags, next).into()));
+        }
+        self.publish_at(q, idx[0], &raw);
+        self.queues[q]
+            .chain_slots
+            .insert(idx[0], slots[1..].to_vec());
+        Some(idx)
+    }
+
+    /// Reads up to `len` bytes the device wrote across descriptors `descs`,
+    /// each backed by a `BUF_SIZE` buffer of which the first `lens[i]` count.
+    pub fn read_chain(&self, q: usize, descs: &[u16], lens: &[u32], len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        for (&idx, &cap) in descs.iter().zip(lens) {
+            let take = (len - out.len()).min(cap as usize);
+            out.extend(self.read_buf(q, idx, take));
+        }
+        out
     }
 
     fn post(&mut self, q: usize, slot: u16, descs: &[(u64, u32, u16)]) {
@@ -217,14 +305,24 @@ impl GuestDriver {
     // Creating a MockSplitQueue zeroes its rings, so after setup the harness
     // uses the mock's descriptor table alone and writes the avail ring itself.
     fn publish(&self, q: usize, slot: u16, raw: &[RawDescriptor]) {
+        let at: Vec<_> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, desc)| (slot * 2 + i as u16, *desc))
+            .collect();
+        self.publish_at(q, slot * 2, &at);
+    }
+
+    // Stores descriptors at the given indices and makes `head` available.
+    fn publish_at(&self, q: usize, head: u16, raw: &[(u16, RawDescriptor)]) {
         let table = DescriptorTable::new(&self.mem, Self::ring_addr(q), self.queue_size);
-        for (i, desc) in raw.iter().enumerate() {
-            table.store(slot * 2 + i as u16, *desc).unwrap();
+        for &(idx, desc) in raw {
+            table.store(idx, desc).unwrap();
         }
         let avail = Self::ring_addr(q).unchecked_add(16 * u64::from(self.queue_size));
         let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
         let entry = avail.unchecked_add(4 + 2 * u64::from(idx % self.queue_size));
-        self.mem.write_obj(slot * 2, entry).unwrap();
+        self.mem.write_obj(head, entry).unwrap();
         self.mem
             .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
             .unwrap();
@@ -249,7 +347,11 @@ impl GuestDriver {
         }
         let dq = &mut self.queues[q];
         dq.last_used = last;
-        dq.free_slots.extend(out.iter().map(|&(id, _)| id / 2));
+        for &(id, _) in &out {
+            dq.free_slots.push(id / 2);
+            dq.free_slots
+                .extend(dq.chain_slots.remove(&id).unwrap_or_default());
+        }
         out
     }
 

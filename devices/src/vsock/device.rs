@@ -15,7 +15,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::muxer::{MuxerError, VsockMuxer};
 use super::{VsockMetrics, VIRTIO_ID_VSOCK};
 use crate::virtio::{
-    ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+    VIRTIO_F_VERSION_1,
 };
 
 pub const RXQ: usize = 0;
@@ -107,12 +108,7 @@ impl VirtioDevice for VsockDevice {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = self.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok());
-            *b = at.and_then(|o| config.get(o)).copied().unwrap_or(0);
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

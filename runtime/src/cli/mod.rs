@@ -1,6 +1,7 @@
 //! Command-line interface: `husk vm` and `husk bench`.
 
 mod bench;
+mod fs_share;
 mod vm;
 
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! `husk vm`: boot a kernel with an initrd and stream the console.
+//! `husk vm`: boot a kernel with an initrd or a pmem root image and stream the console.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +36,18 @@ pub struct VmArgs {
     /// Add a virtio-vsock device: cid=N (default 3), uds=PATH (the host Unix socket bridge).
     #[arg(long, value_name = "cid=N,uds=PATH")]
     vsock: Option<husk_vmm::VsockSpec>,
+    /// Add a virtio-pmem device backed by an image FILE (repeatable); `,ro` maps it read-only.
+    /// Without --initrd the guest boots from the first image (/dev/pmem0, erofs or ext4, DAX).
+    #[arg(long, value_name = "FILE[,ro]")]
+    pmem: Vec<husk_vmm::PmemSpec>,
+    /// Share a host directory over virtio-fs (repeatable); the guest mounts it with
+    /// `mount -t virtiofs TAG DIR`. dax=SIZE adds a DAX window of that size (e.g. 256M).
+    #[arg(
+        long = "fs",
+        value_name = "TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr]",
+        value_parser = super::fs_share::parse_fs_share
+    )]
+    fs: Vec<husk_vmm::FsConfig>,
     /// Print a machine-readable line on stderr when vCPU 0 first enters the guest (for `husk bench`).
     #[arg(long, hide = true)]
     report_timing: bool,
@@ -56,6 +68,8 @@ impl VmArgs {
             compat: self.compat,
             on_first_entry: None,
             vsock: self.vsock.clone(),
+            pmem: self.pmem.clone(),
+            fs: self.fs.clone(),
         }
     }
 }

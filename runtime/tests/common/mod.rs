@@ -10,17 +10,24 @@ pub struct GuestAssets {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub busybox_initrd: PathBuf,
+    /// erofs root image for virtio-pmem (the self-test as /sbin/init).
+    pub pmem_image: PathBuf,
 }
 
-/// The kernel and initramfs images: from the environment (`make test` sets
+/// The kernel, initramfs and pmem images: from the environment (`make test` sets
 /// them) or built through ci/guest-assets.sh (cached after the first build).
 pub fn guest_assets() -> &'static GuestAssets {
     static ASSETS: OnceLock<GuestAssets> = OnceLock::new();
     ASSETS.get_or_init(|| {
-        let from_env = ["HUSK_KERNEL", "HUSK_INITRD", "HUSK_BUSYBOX_INITRD"]
-            .iter()
-            .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-            .collect::<Option<HashMap<_, _>>>();
+        let from_env = [
+            "HUSK_KERNEL",
+            "HUSK_INITRD",
+            "HUSK_BUSYBOX_INITRD",
+            "HUSK_PMEM_IMAGE",
+        ]
+        .iter()
+        .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect::<Option<HashMap<_, _>>>();
         let vars = from_env.unwrap_or_else(|| {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/guest-assets.sh");
             let out = Command::new(&script)
@@ -43,6 +50,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             kernel: vars["HUSK_KERNEL"].clone().into(),
             initrd: vars["HUSK_INITRD"].clone().into(),
             busybox_initrd: vars["HUSK_BUSYBOX_INITRD"].clone().into(),
+            pmem_image: vars["HUSK_PMEM_IMAGE"].clone().into(),
         }
     })
 }
