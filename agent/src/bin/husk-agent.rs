@@ -1,0 +1,72 @@
+//! husk-agent: PID 1 in the guest. Sets the guest up (mounts, cgroups),
+//! then serves `husk.agent.v1.AgentService` over ttrpc on vsock port 1024.
+//! Run as any other pid (on a host, for tests) it skips the guest setup and
+//! serves on the address given by `--listen`, e.g. `unix:///tmp/agent.sock`.
+//!
+//! As PID 1 a fatal error powers the guest off (after logging it to the
+//! console) instead of exiting, which the kernel would turn into a panic.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use husk_agent::init;
+use husk_agent::rpc::{self, AgentRpc, GuestScope};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "husk-agent",
+    version,
+    about = "husk's agent: PID 1 in the guest"
+)]
+struct Args {
+    /// Where to serve ttrpc: vsock://CID:PORT (-1 = any CID) or unix:///PATH.
+    #[arg(long, default_value_t = rpc::default_listen_address())]
+    listen: String,
+}
+
+fn main() {
+    init_logging();
+    let pid1 = init::is_pid1();
+    let result = Args::try_parse()
+        .map_err(anyhow::Error::from)
+        .and_then(|args| run(&args, pid1));
+    if let Err(e) = result {
+        if pid1 {
+            init::power_off(&format!("{e:#}"));
+        }
+        eprintln!("husk-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Logs go to stderr, which for PID 1 is the guest console.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HUSK_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: &Args, pid1: bool) -> anyhow::Result<()> {
+    let scope = if pid1 {
+        init::setup_guest().context("setting up the guest")?;
+        GuestScope::OwnsTheGuest
+    } else {
+        GuestScope::HostTest
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        pid1,
+        "husk-agent starting"
+    );
+    let service = Arc::new(AgentRpc::new(scope));
+    let _server = rpc::serve(&args.listen, service)?;
+    // ttrpc's threads do the work; this thread only keeps the process alive.
+    loop {
+        std::thread::park();
+    }
+}
