@@ -4,6 +4,8 @@
 #   HUSK_KERNEL   the guest vmlinux (guest-kernel-config/build.sh, cached)
 #   HUSK_INITRD   an uncompressed initramfs with the guest self-test as /init
 #   HUSK_BUSYBOX_INITRD  the same plus busybox-static at /bin/busybox
+#   HUSK_AGENT_INITRD    husk-agent as /init, with a busybox container rootfs
+#                        at /containers/busybox/rootfs
 # Progress goes to stderr.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,11 +14,12 @@ mkdir -p "$cache/initrd"
 
 kernel=$("$root/guest-kernel-config/build.sh" | tail -n1)
 
-echo "guest-assets: building the static guest self-test" >&2
+echo "guest-assets: building the static guest programs (self-test, husk-agent)" >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p husk-agent \
   --target x86_64-unknown-linux-gnu --target-dir "$root/target/guest" \
   --manifest-path "$root/Cargo.toml" >&2
 selftest="$root/target/guest/x86_64-unknown-linux-gnu/release/husk-guest-selftest"
+agent="$root/target/guest/x86_64-unknown-linux-gnu/release/husk-agent"
 
 if [ ! -x /bin/busybox ]; then
   echo "guest-assets: installing busybox-static" >&2
@@ -27,7 +30,14 @@ initrd="$cache/initrd/selftest.cpio"
 "$root/rootfs/build-initramfs.sh" "$initrd" "$selftest" >/dev/null
 bb_initrd="$cache/initrd/selftest-busybox.cpio"
 "$root/rootfs/build-initramfs.sh" "$bb_initrd" "$selftest" /bin/busybox:/bin/busybox >/dev/null
+agent_initrd="$cache/initrd/agent-busybox.cpio"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+"$root/rootfs/build-busybox-rootfs.sh" "$stage/rootfs" >/dev/null
+"$root/rootfs/build-initramfs.sh" "$agent_initrd" "$agent" \
+  "$stage/rootfs:/containers/busybox/rootfs" >/dev/null
 
 echo "HUSK_KERNEL=$kernel"
 echo "HUSK_INITRD=$initrd"
 echo "HUSK_BUSYBOX_INITRD=$bb_initrd"
+echo "HUSK_AGENT_INITRD=$agent_initrd"

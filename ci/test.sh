@@ -5,7 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/ci/setup.sh"
 eval "$("$root/ci/guest-assets.sh")"
-export HUSK_KERNEL HUSK_INITRD HUSK_BUSYBOX_INITRD
+export HUSK_KERNEL HUSK_INITRD HUSK_BUSYBOX_INITRD HUSK_AGENT_INITRD
 cd "$root"
 cargo build --release --workspace
 cargo test --release --workspace -- --test-threads=2

@@ -28,7 +28,9 @@ struct Args {
 fn main() {
     init_logging();
     let pid1 = init::is_pid1();
-    let result = Args::try_parse()
+    let argv: Vec<String> = std::env::args().collect();
+    let argv = if pid1 { own_flags(argv) } else { argv };
+    let result = Args::try_parse_from(argv)
         .map_err(anyhow::Error::from)
         .and_then(|args| run(&args, pid1));
     if let Err(e) = result {
@@ -38,6 +40,25 @@ fn main() {
         eprintln!("husk-agent: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// As PID 1 the kernel hands /init every boot word it did not take itself
+/// (husk's compat profile adds some, e.g. `noxsave`), so only the agent's own
+/// flags are kept; the rest is logged and ignored.
+fn own_flags(argv: Vec<String>) -> Vec<String> {
+    let mut words = argv.into_iter();
+    let mut kept: Vec<String> = words.next().into_iter().collect();
+    while let Some(word) = words.next() {
+        if word == "--listen" {
+            kept.push(word);
+            kept.extend(words.next());
+        } else if word.starts_with("--listen=") {
+            kept.push(word);
+        } else {
+            tracing::info!("ignoring /init argument {word:?} from the kernel command line");
+        }
+    }
+    kept
 }
 
 /// Logs go to stderr, which for PID 1 is the guest console.
@@ -68,5 +89,30 @@ fn run(args: &Args, pid1: bool) -> anyhow::Result<()> {
     // ttrpc's threads do the work; this thread only keeps the process alive.
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn kernel_words_are_dropped_and_listen_kept() {
+        assert_eq!(
+            own_flags(words(
+                "/init noxsave nopti --listen vsock://-1:7 mitigations=off"
+            )),
+            words("/init --listen vsock://-1:7")
+        );
+        assert_eq!(
+            own_flags(words("/init --listen=unix:///a noxsave")),
+            words("/init --listen=unix:///a")
+        );
+        let args = Args::try_parse_from(own_flags(words("/init noxsave"))).unwrap();
+        assert_eq!(args.listen, "vsock://-1:1024");
     }
 }

@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub struct GuestAssets {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub busybox_initrd: PathBuf,
+    /// husk-agent as /init, a busybox rootfs at /containers/busybox/rootfs.
+    pub agent_initrd: PathBuf,
 }
 
 /// The kernel and initramfs images: from the environment (`make test` sets
@@ -17,10 +20,15 @@ pub struct GuestAssets {
 pub fn guest_assets() -> &'static GuestAssets {
     static ASSETS: OnceLock<GuestAssets> = OnceLock::new();
     ASSETS.get_or_init(|| {
-        let from_env = ["HUSK_KERNEL", "HUSK_INITRD", "HUSK_BUSYBOX_INITRD"]
-            .iter()
-            .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-            .collect::<Option<HashMap<_, _>>>();
+        let from_env = [
+            "HUSK_KERNEL",
+            "HUSK_INITRD",
+            "HUSK_BUSYBOX_INITRD",
+            "HUSK_AGENT_INITRD",
+        ]
+        .iter()
+        .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect::<Option<HashMap<_, _>>>();
         let vars = from_env.unwrap_or_else(|| {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/guest-assets.sh");
             let out = Command::new(&script)
@@ -43,6 +51,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             kernel: vars["HUSK_KERNEL"].clone().into(),
             initrd: vars["HUSK_INITRD"].clone().into(),
             busybox_initrd: vars["HUSK_BUSYBOX_INITRD"].clone().into(),
+            agent_initrd: vars["HUSK_AGENT_INITRD"].clone().into(),
         }
     })
 }
@@ -93,5 +102,23 @@ pub fn boot(name: &str, initrd: &Path, cpus: u8, init_args: &str) -> GuestRun {
     GuestRun {
         output,
         console: text,
+    }
+}
+
+/// Waits until the console file at `path` shows `marker` and returns the
+/// console so far; panics with the console if `child` ends first or nothing
+/// comes within 15 minutes (guest boots are slow on software KVM).
+pub fn wait_for_console(path: &Path, marker: &str, child: &mut std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(marker) {
+            return text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("husk vm ended ({status}) before {marker:?}:\n{text}");
+        }
+        assert!(Instant::now() < deadline, "no {marker:?} in time:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

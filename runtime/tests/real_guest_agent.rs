@@ -1,0 +1,140 @@
+//! husk-agent as the real guest's PID 1: boot it under `husk vm` with the
+//! vsock device, reach it through the device's Unix socket with the runtime's
+//! agent client (CONNECT handshake + ttrpc), and check what it reports
+//! against what the guest kernel printed. One boot for every assertion:
+//! boots are slow on software KVM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest_assets, kvm_or_skip, wait_for_console};
+use husk_agent_protocol::agent::{self, health_check_response::ServingStatus};
+use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_agent_protocol::ttrpc;
+use husk_runtime::agent_client::{
+    connect_agent, connect_vsock, AgentConnectError, AGENT_VSOCK_PORT,
+};
+
+/// Every guest syscall costs ~300 us here; one RPC may take many.
+const RPC_TIMEOUT: Duration = Duration::from_secs(600);
+const GUEST_MEM_MIB: u64 = 256;
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
+}
+
+/// `husk vm` running the agent; killed when dropped so a failed assertion
+/// leaves no guest behind.
+struct AgentGuest {
+    child: Child,
+    dir: PathBuf,
+    uds: PathBuf,
+    console: PathBuf,
+}
+
+impl AgentGuest {
+    fn boot(initrd: &Path) -> AgentGuest {
+        let dir = std::env::temp_dir().join(format!("husk-agent-real-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let uds = dir.join("vsock.sock");
+        let console = dir.join("console");
+        let child = Command::new(env!("CARGO_BIN_EXE_husk"))
+            .args(["vm", "--mem", &format!("{GUEST_MEM_MIB}M"), "--cpus", "1"])
+            .args(["--cmdline", "console=ttyS0 reboot=k panic=-1"])
+            .arg("--vsock")
+            .arg(format!("cid=3,uds={}", uds.display()))
+            .arg("--kernel")
+            .arg(&guest_assets().kernel)
+            .arg("--initrd")
+            .arg(initrd)
+            .arg("--console")
+            .arg(&console)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        AgentGuest {
+            child,
+            dir,
+            uds,
+            console,
+        }
+    }
+}
+
+impl Drop for AgentGuest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// "Linux version 6.12.57+deb13-amd64 (...)" -> "6.12.57+deb13-amd64".
+fn kernel_release_from_console(console: &str) -> &str {
+    console
+        .lines()
+        .find_map(|l| l.split("Linux version ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the console shows the kernel's version line")
+}
+
+fn assert_guest_answers(client: &AgentServiceClient, console: &str) {
+    let health = client.check(ctx(), &agent::CheckRequest::new()).unwrap();
+    assert_eq!(health.status.enum_value(), Ok(ServingStatus::SERVING));
+
+    let details = client
+        .get_guest_details(ctx(), &agent::GetGuestDetailsRequest::new())
+        .unwrap();
+    assert_eq!(details.kernel_release, kernel_release_from_console(console));
+    let total = details.memory_total_bytes;
+    let mib = 1024 * 1024;
+    assert!(
+        total > GUEST_MEM_MIB / 2 * mib && total <= GUEST_MEM_MIB * mib,
+        "MemTotal {total} bytes is not plausible for a {GUEST_MEM_MIB} MiB guest"
+    );
+    assert_eq!(details.agent_version, env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn agent_as_pid1_answers_over_vsock() {
+    if !kvm_or_skip("agent_as_pid1_answers_over_vsock") {
+        return;
+    }
+    let assets = guest_assets();
+    let started = Instant::now();
+    let mut guest = AgentGuest::boot(&assets.agent_initrd);
+    let console = wait_for_console(
+        &guest.console,
+        "serving ttrpc on vsock://-1:1024",
+        &mut guest.child,
+    );
+    let serving = started.elapsed();
+
+    // Nothing listens on the next port: the handshake says so.
+    let err = connect_vsock(&guest.uds, AGENT_VSOCK_PORT + 1, RPC_TIMEOUT).unwrap_err();
+    assert!(
+        matches!(err, AgentConnectError::Closed { .. }),
+        "unexpected error: {err}"
+    );
+
+    let client = connect_agent(&guest.uds, AGENT_VSOCK_PORT, RPC_TIMEOUT).unwrap();
+    assert_guest_answers(&client, &console);
+    let answered = started.elapsed();
+    eprintln!(
+        "real guest agent: serving after {:.1} s, Check+GetGuestDetails answered after {:.1} s",
+        serving.as_secs_f64(),
+        answered.as_secs_f64()
+    );
+
+    let console = std::fs::read_to_string(&guest.console).unwrap();
+    assert!(
+        console.contains("cgroup controllers enabled"),
+        "PID-1 setup did not finish:\n{console}"
+    );
+}
