@@ -9,6 +9,8 @@
 
 #[allow(dead_code)] // the container RPCs use it once the engine is wired in
 mod requests;
+#[allow(dead_code)] // used by the container RPCs once the engine is wired in
+mod rootfs_mount;
 mod sandbox;
 mod service;
 mod status;
