@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use husk_agent::container::{ContainerManager, EngineConfig};
 use husk_agent::init;
+use husk_agent::reaper::Reaper;
 use husk_agent::rpc::{self, AgentRpc, GuestScope};
 
 #[derive(Parser, Debug)]
@@ -23,6 +25,9 @@ struct Args {
     /// Where to serve ttrpc: vsock://CID:PORT (-1 = any CID) or unix:///PATH.
     #[arg(long, default_value_t = rpc::default_listen_address())]
     listen: String,
+    /// Container cgroups go under <cgroup root>/<this>/<container id>.
+    #[arg(long, default_value = "husk")]
+    cgroup_parent: String,
 }
 
 fn main() {
@@ -49,10 +54,10 @@ fn own_flags(argv: Vec<String>) -> Vec<String> {
     let mut words = argv.into_iter();
     let mut kept: Vec<String> = words.next().into_iter().collect();
     while let Some(word) = words.next() {
-        if word == "--listen" {
+        if word == "--listen" || word == "--cgroup-parent" {
             kept.push(word);
             kept.extend(words.next());
-        } else if word.starts_with("--listen=") {
+        } else if word.starts_with("--listen=") || word.starts_with("--cgroup-parent=") {
             kept.push(word);
         } else {
             tracing::info!("ignoring /init argument {word:?} from the kernel command line");
@@ -84,7 +89,14 @@ fn run(args: &Args, pid1: bool) -> anyhow::Result<()> {
         pid1,
         "husk-agent starting"
     );
-    let service = Arc::new(AgentRpc::new(scope));
+    // The one reaper of the process: every child's exit status goes through it.
+    let reaper = Reaper::start();
+    let engine = ContainerManager::new(EngineConfig {
+        cgroup_parent: args.cgroup_parent.clone(),
+        reaper,
+    })
+    .context("starting the container engine")?;
+    let service = Arc::new(AgentRpc::new(scope, engine));
     let _server = rpc::serve(&args.listen, service)?;
     // ttrpc's threads do the work; this thread only keeps the process alive.
     loop {

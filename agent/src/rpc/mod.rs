@@ -3,13 +3,14 @@
 //! socket when run on a host for tests.
 //!
 //! - `service`: the trait implementation, one thin method per RPC.
+//! - `containers`: the container RPCs on the engine (`crate::container`).
+//! - `rootfs_mount`: the rootfs mount CreateContainer may ask for.
 //! - `requests`: request validation (`TryFrom` into checked types).
 //! - `sandbox`: guest-wide sandbox state.
 //! - `status`: how failures become ttrpc codes.
 
-#[allow(dead_code)] // the container RPCs use it once the engine is wired in
+mod containers;
 mod requests;
-#[allow(dead_code)] // used by the container RPCs once the engine is wired in
 mod rootfs_mount;
 mod sandbox;
 mod service;

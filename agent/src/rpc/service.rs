@@ -1,32 +1,43 @@
-//! `AgentService` for husk-agent: each method validates its request (see
-//! `requests`), calls the sandbox state or the container engine, and turns the
-//! outcome into a reply through `status::reply`, which logs failures.
+//! `AgentService` for husk-agent: each method hands its request to the
+//! sandbox state or to `containers` (which checks it and calls the engine)
+//! and turns the outcome into a reply through `status::reply`, which logs
+//! failures. Container RPCs need a sandbox (CreateSandbox) first.
 
 use husk_agent_protocol::agent::{self, health_check_response::ServingStatus};
 use husk_agent_protocol::agent_ttrpc::AgentService;
 use husk_agent_protocol::ttrpc::{self, TtrpcContext};
 
+use super::containers::Containers;
 use super::sandbox::{GuestScope, Sandbox};
 use super::status::{reply, RpcError};
+use crate::container::ContainerManager;
 use crate::guest_details;
 
 /// The service state shared by all ttrpc worker threads.
 pub struct AgentRpc {
     sandbox: Sandbox,
+    containers: Containers,
 }
 
 impl AgentRpc {
-    pub fn new(scope: GuestScope) -> Self {
+    pub fn new(scope: GuestScope, engine: ContainerManager) -> Self {
         AgentRpc {
             sandbox: Sandbox::new(scope),
+            containers: Containers::new(engine),
         }
     }
 
-    fn no_engine(&self, method: &str) -> Result<(), RpcError> {
+    fn containers(&self) -> Result<&Containers, RpcError> {
         self.sandbox.require()?;
-        Err(RpcError::Unimplemented(format!(
-            "{method}: this husk-agent has no container engine yet"
-        )))
+        Ok(&self.containers)
+    }
+
+    fn destroy_sandbox(&self, sandbox_id: &str) -> Result<(), RpcError> {
+        self.sandbox.check_is_current(sandbox_id)?;
+        // On failure the sandbox stays, so the host can retry.
+        self.containers.remove_all()?;
+        self.sandbox.forget();
+        Ok(())
     }
 }
 
@@ -42,6 +53,10 @@ fn guest_details() -> Result<agent::GuestDetails, RpcError> {
 
 type Reply<T> = ttrpc::Result<T>;
 
+fn empty(r: Result<(), RpcError>) -> Result<agent::Empty, RpcError> {
+    r.map(|()| agent::Empty::new())
+}
+
 impl AgentService for AgentRpc {
     fn create_sandbox(
         &self,
@@ -49,7 +64,7 @@ impl AgentService for AgentRpc {
         req: agent::CreateSandboxRequest,
     ) -> Reply<agent::Empty> {
         let r = self.sandbox.create(&req.sandbox_id, &req.hostname);
-        reply("CreateSandbox", r.map(|()| agent::Empty::new()))
+        reply("CreateSandbox", empty(r))
     }
 
     fn destroy_sandbox(
@@ -57,155 +72,127 @@ impl AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::DestroySandboxRequest,
     ) -> Reply<agent::Empty> {
-        let r = self.sandbox.check_is_current(&req.sandbox_id).map(|()| {
-            self.sandbox.forget();
-            agent::Empty::new()
-        });
-        reply("DestroySandbox", r)
+        reply(
+            "DestroySandbox",
+            empty(self.destroy_sandbox(&req.sandbox_id)),
+        )
     }
 
     fn create_container(
         &self,
         _: &TtrpcContext,
-        _: agent::CreateContainerRequest,
+        req: agent::CreateContainerRequest,
     ) -> Reply<agent::CreateContainerResponse> {
-        reply(
-            "CreateContainer",
-            self.no_engine("CreateContainer")
-                .map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.create(req));
+        reply("CreateContainer", r)
     }
 
     fn start_container(
         &self,
         _: &TtrpcContext,
-        _: agent::StartContainerRequest,
+        req: agent::StartContainerRequest,
     ) -> Reply<agent::Empty> {
-        reply(
-            "StartContainer",
-            self.no_engine("StartContainer")
-                .map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.start(&req));
+        reply("StartContainer", empty(r))
     }
 
     fn exec_process(
         &self,
         _: &TtrpcContext,
-        _: agent::ExecProcessRequest,
+        req: agent::ExecProcessRequest,
     ) -> Reply<agent::ExecProcessResponse> {
-        reply(
-            "ExecProcess",
-            self.no_engine("ExecProcess").map(|()| Default::default()),
-        )
+        reply("ExecProcess", self.containers().and_then(|c| c.exec(&req)))
     }
 
     fn signal_process(
         &self,
         _: &TtrpcContext,
-        _: agent::SignalProcessRequest,
+        req: agent::SignalProcessRequest,
     ) -> Reply<agent::Empty> {
-        reply(
-            "SignalProcess",
-            self.no_engine("SignalProcess").map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.signal(&req));
+        reply("SignalProcess", empty(r))
     }
 
     fn wait_process(
         &self,
         _: &TtrpcContext,
-        _: agent::WaitProcessRequest,
+        req: agent::WaitProcessRequest,
     ) -> Reply<agent::WaitProcessResponse> {
-        reply(
-            "WaitProcess",
-            self.no_engine("WaitProcess").map(|()| Default::default()),
-        )
+        reply("WaitProcess", self.containers().and_then(|c| c.wait(&req)))
     }
 
     fn write_stdin(
         &self,
         _: &TtrpcContext,
-        _: agent::WriteStreamRequest,
+        req: agent::WriteStreamRequest,
     ) -> Reply<agent::WriteStreamResponse> {
-        reply(
-            "WriteStdin",
-            self.no_engine("WriteStdin").map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.write_stdin(&req));
+        reply("WriteStdin", r)
     }
 
     fn read_stdout(
         &self,
         _: &TtrpcContext,
-        _: agent::ReadStreamRequest,
+        req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
         reply(
             "ReadStdout",
-            self.no_engine("ReadStdout").map(|()| Default::default()),
+            self.containers().and_then(|c| c.read(&req, false)),
         )
     }
 
     fn read_stderr(
         &self,
         _: &TtrpcContext,
-        _: agent::ReadStreamRequest,
+        req: agent::ReadStreamRequest,
     ) -> Reply<agent::ReadStreamResponse> {
         reply(
             "ReadStderr",
-            self.no_engine("ReadStderr").map(|()| Default::default()),
+            self.containers().and_then(|c| c.read(&req, true)),
         )
     }
 
-    fn close_stdin(&self, _: &TtrpcContext, _: agent::CloseStdinRequest) -> Reply<agent::Empty> {
-        reply(
-            "CloseStdin",
-            self.no_engine("CloseStdin").map(|()| Default::default()),
-        )
+    fn close_stdin(&self, _: &TtrpcContext, req: agent::CloseStdinRequest) -> Reply<agent::Empty> {
+        let r = self.containers().and_then(|c| c.close_stdin(&req));
+        reply("CloseStdin", empty(r))
     }
 
     fn tty_win_resize(
         &self,
         _: &TtrpcContext,
-        _: agent::TtyWinResizeRequest,
+        req: agent::TtyWinResizeRequest,
     ) -> Reply<agent::Empty> {
-        reply(
-            "TtyWinResize",
-            self.no_engine("TtyWinResize").map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.resize_tty(&req));
+        reply("TtyWinResize", empty(r))
     }
 
     fn stats_container(
         &self,
         _: &TtrpcContext,
-        _: agent::StatsContainerRequest,
+        req: agent::StatsContainerRequest,
     ) -> Reply<agent::StatsContainerResponse> {
         reply(
             "StatsContainer",
-            self.no_engine("StatsContainer")
-                .map(|()| Default::default()),
+            self.containers().and_then(|c| c.stats(&req)),
         )
     }
 
     fn update_container(
         &self,
         _: &TtrpcContext,
-        _: agent::UpdateContainerRequest,
+        req: agent::UpdateContainerRequest,
     ) -> Reply<agent::Empty> {
-        reply(
-            "UpdateContainer",
-            self.no_engine("UpdateContainer")
-                .map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.update(&req));
+        reply("UpdateContainer", empty(r))
     }
 
     fn remove_container(
         &self,
         _: &TtrpcContext,
-        _: agent::RemoveContainerRequest,
+        req: agent::RemoveContainerRequest,
     ) -> Reply<agent::Empty> {
-        reply(
-            "RemoveContainer",
-            self.no_engine("RemoveContainer")
-                .map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.remove(&req));
+        reply("RemoveContainer", empty(r))
     }
 
     fn get_oom_event(
@@ -213,21 +200,17 @@ impl AgentService for AgentRpc {
         _: &TtrpcContext,
         _: agent::GetOOMEventRequest,
     ) -> Reply<agent::OOMEvent> {
-        reply(
-            "GetOOMEvent",
-            self.no_engine("GetOOMEvent").map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(Containers::next_oom_event);
+        reply("GetOOMEvent", r)
     }
 
     fn list_processes(
         &self,
         _: &TtrpcContext,
-        _: agent::ListProcessesRequest,
+        req: agent::ListProcessesRequest,
     ) -> Reply<agent::ListProcessesResponse> {
-        reply(
-            "ListProcesses",
-            self.no_engine("ListProcesses").map(|()| Default::default()),
-        )
+        let r = self.containers().and_then(|c| c.list_processes(&req));
+        reply("ListProcesses", r)
     }
 
     fn check(&self, _: &TtrpcContext, _: agent::CheckRequest) -> Reply<agent::HealthCheckResponse> {

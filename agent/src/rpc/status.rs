@@ -4,6 +4,8 @@
 
 use husk_agent_protocol::ttrpc::{self, Code};
 
+use crate::container::ContainerError;
+
 /// A failed RPC, named for the ttrpc code it becomes.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -37,6 +39,34 @@ impl RpcError {
 impl From<RpcError> for ttrpc::Error {
     fn from(e: RpcError) -> Self {
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+/// The engine's errors, by what the host should make of them.
+impl From<ContainerError> for RpcError {
+    fn from(e: ContainerError) -> Self {
+        let text = e.to_string();
+        match e {
+            ContainerError::InvalidId(_)
+            | ContainerError::InvalidSpec(_)
+            | ContainerError::MissingRootfs(_)
+            | ContainerError::InvalidSignal(_) => RpcError::InvalidArgument(text),
+            ContainerError::NotFound(_) | ContainerError::ExecNotFound { .. } => {
+                RpcError::NotFound(text)
+            }
+            ContainerError::AlreadyExists(_) | ContainerError::ExecAlreadyExists { .. } => {
+                RpcError::AlreadyExists(text)
+            }
+            ContainerError::AlreadyStarted(_)
+            | ContainerError::NotRunning(_)
+            | ContainerError::StdinClosed
+            | ContainerError::NoTerminal
+            | ContainerError::Busy(_) => RpcError::FailedPrecondition(text),
+            ContainerError::Unsupported(_) => RpcError::Unimplemented(text),
+            ContainerError::Cgroup { .. }
+            | ContainerError::SpawnFailed(_)
+            | ContainerError::Io { .. } => RpcError::Internal(text),
+        }
     }
 }
 

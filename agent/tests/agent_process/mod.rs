@@ -13,6 +13,7 @@ use husk_agent_protocol::ttrpc;
 
 pub struct AgentProcess {
     child: Child,
+    cgroup_parent: String,
     pub dir: PathBuf,
     pub client: AgentServiceClient,
 }
@@ -27,8 +28,9 @@ impl AgentProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("agent.sock");
         let address = format!("unix://{}", socket.display());
+        let cgroup_parent = format!("husk-rpc-test-{}-{name}", std::process::id());
         let mut child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
-            .args(["--listen", &address])
+            .args(["--listen", &address, "--cgroup-parent", &cgroup_parent])
             .env("HUSK_AGENT_LOG", "debug")
             .stderr(Stdio::piped())
             .spawn()
@@ -49,6 +51,7 @@ impl AgentProcess {
         let client = ttrpc::Client::connect(&address).expect("connecting to husk-agent");
         AgentProcess {
             child,
+            cgroup_parent,
             dir,
             client: AgentServiceClient::new(client),
         }
@@ -71,6 +74,7 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_cgroups(&self.cgroup_parent);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -85,5 +89,34 @@ pub fn status_of<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (ttrpc::Code, Strin
     match r {
         Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
         other => panic!("expected an RPC status error, got {other:?}"),
+    }
+}
+
+/// After a failed test the killed agent may leave containers behind: kill
+/// what is in its cgroups and remove them (v1 controllers or the v2 root).
+fn remove_cgroups(parent: &str) {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let hierarchies = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain([root.to_path_buf()]);
+    for parent_dir in hierarchies.map(|h| h.join(parent)).filter(|p| p.is_dir()) {
+        let children = std::fs::read_dir(&parent_dir)
+            .into_iter()
+            .flatten()
+            .flatten();
+        for child in children.map(|e| e.path()).filter(|p| p.is_dir()) {
+            let procs = std::fs::read_to_string(child.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = std::fs::remove_dir(&child);
+        }
+        let _ = std::fs::remove_dir(&parent_dir);
     }
 }
