@@ -10,6 +10,12 @@ use common::{bytes, read_all, read_until, spec, Fixture};
 use husk_agent::container::ContainerError;
 use serde_json::json;
 
+/// A profile that lets everything but mkdir through.
+fn deny_mkdir() -> serde_json::Value {
+    json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]})
+}
+
 #[test]
 fn output_streams_and_exit_code_come_back() {
     let Some(fx) = Fixture::new("output_streams_and_exit_code_come_back") else {
@@ -45,6 +51,7 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
     let mut spec = spec(&["sleep", "1000"]);
     let masked = spec["linux"]["maskedPaths"].as_array_mut().unwrap();
     masked.extend([json!("/proc/version"), json!("/sys/kernel")]);
+    spec["linux"]["seccomp"] = deny_mkdir();
     let init = engine
         .create(id, &bytes(&spec), rootfs.path(), false)
         .expect("create");
@@ -53,14 +60,15 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
     // As root: a masked file reads as empty, a masked directory is empty,
     // and /proc/sys is read-only.
     let script = "cat /proc/1/comm; wc -c < /proc/version; ls /sys/kernel | wc -l; \
-                  (echo x > /proc/sys/kernel/domainname) 2>/dev/null || echo sys-ro; echo pid=$$";
+                  (echo x > /proc/sys/kernel/domainname) 2>/dev/null || echo sys-ro; \
+                  mkdir /tmp/y 2>/dev/null || echo mkdir-denied; echo pid=$$";
     let ps = json!({"args": ["sh", "-c", script], "cwd": "/", "user": {"uid": 0, "gid": 0},
                     "env": ["PATH=/bin"]});
     engine.exec(id, "ps", &bytes(&ps), false).expect("exec ps");
     let out = read_all(engine, id, Some("ps"), false).unwrap();
     let err = read_all(engine, id, Some("ps"), true).unwrap();
     assert!(
-        out.starts_with("sleep\n0\n0\nsys-ro\n"),
+        out.starts_with("sleep\n0\n0\nsys-ro\nmkdir-denied\n"),
         "PID 1 is not the init, or paths not masked: {out:?} {err:?}"
     );
     let own_pid: u32 = out.trim().rsplit("pid=").next().unwrap().parse().unwrap();
@@ -243,8 +251,10 @@ fn process_settings_from_the_spec_apply() {
     spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002]});
     spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
     spec["process"]["cwd"] = json!("/tmp");
-    spec["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
-        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]});
+    // Without no_new_privs (and without CAP_SYS_ADMIN) the filter must go on
+    // before the capabilities are dropped.
+    spec["process"]["noNewPrivileges"] = json!(false);
+    spec["linux"]["seccomp"] = deny_mkdir();
     let pid = engine
         .create(id, &bytes(&spec), rootfs.path(), false)
         .expect("create");
