@@ -108,20 +108,37 @@ fn terminal_process_gets_a_tty_and_its_size() {
     let engine = &fx.engine;
     let rootfs = &fx.rootfs;
     let id = "tty";
-    let mut spec = spec(&["sh", "-c", "tty; stty size; test -t 0 && echo stdin-is-tty"]);
+    let script = "tty; stty size; test -t 0 && echo stdin-is-tty; read x; stty size; echo done-$x";
+    let mut spec = spec(&["sh", "-c", script]);
     spec["process"]["terminal"] = json!(true);
     let pid = engine
         .create(id, &bytes(&spec), rootfs.path(), true)
         .expect("create");
     engine.resize_tty(id, None, 33, 101).expect("resize");
     engine.start(id).expect("start");
-    let out = read_all(engine, id, None, false).unwrap();
+    let out = read_until(engine, id, None, "stdin-is-tty");
     assert!(out.contains("/dev/pts/0"), "no terminal: {out:?}");
     assert!(out.contains("33 101"), "size not applied: {out:?}");
+
+    // An exec with a terminal gets its own pty in the container's devpts.
+    let tty = json!({"args": ["tty"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"],
+                     "terminal": true});
+    engine
+        .exec(id, "tty", &bytes(&tty), true)
+        .expect("exec tty");
+    let exec_out = read_all(engine, id, Some("tty"), false).unwrap();
     assert!(
-        out.contains("stdin-is-tty"),
-        "stdin is not the terminal: {out:?}"
+        exec_out.contains("/dev/pts/1"),
+        "exec has no terminal: {exec_out:?}"
     );
+    assert_eq!(engine.wait(id, Some("tty")).unwrap(), 0);
+
+    // Resizing a running process's terminal: the next `stty size` sees it.
+    engine.resize_tty(id, None, 40, 120).expect("resize");
+    engine.write_stdin(id, None, b"go\n").unwrap();
+    let rest = read_all(engine, id, None, false).unwrap();
+    assert!(rest.contains("40 120"), "resize not applied: {rest:?}");
+    assert!(rest.contains("done-go"), "stdin not delivered: {rest:?}");
     assert_eq!(
         read_all(engine, id, None, true).unwrap(),
         "",

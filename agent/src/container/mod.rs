@@ -46,7 +46,9 @@
 
 mod cgroup;
 mod channel;
+mod limits;
 mod manager;
+mod namespaces;
 mod oom;
 mod process;
 mod rootfs;
