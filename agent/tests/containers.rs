@@ -22,13 +22,9 @@ fn output_streams_and_exit_code_come_back() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "streams";
     let spec = spec(&["sh", "-c", "echo hi; echo err >&2; exit 3"]);
-    let pid = engine
-        .create(id, &bytes(&spec), rootfs.path(), false)
-        .expect("create");
-    engine.start(id).expect("start");
+    let pid = fx.start(id, &spec);
     assert_eq!(read_all(engine, id, None, false).unwrap(), "hi\n");
     assert_eq!(read_all(engine, id, None, true).unwrap(), "err\n");
     assert_eq!(engine.wait(id, None).unwrap(), 3);
@@ -46,16 +42,12 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "execsig";
     let mut spec = spec(&["sleep", "1000"]);
     let masked = spec["linux"]["maskedPaths"].as_array_mut().unwrap();
     masked.extend([json!("/proc/version"), json!("/sys/kernel")]);
     spec["linux"]["seccomp"] = deny_mkdir();
-    let init = engine
-        .create(id, &bytes(&spec), rootfs.path(), false)
-        .expect("create");
-    engine.start(id).expect("start");
+    let init = fx.start(id, &spec);
 
     // As root: a masked file reads as empty, a masked directory is empty,
     // and /proc/sys is read-only.
@@ -222,19 +214,10 @@ fn stats_report_cpu_memory_and_pids() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "stats";
     let script =
         "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo busy-done; exec sleep 1000";
-    let pid = engine
-        .create(
-            id,
-            &bytes(&spec(&["sh", "-c", script])),
-            rootfs.path(),
-            false,
-        )
-        .expect("create");
-    engine.start(id).expect("start");
+    let pid = fx.start(id, &spec(&["sh", "-c", script]));
     read_until(engine, id, None, "busy-done");
     let stats = engine.stats(id).unwrap();
     assert!(stats.cpu_usage_ns > 0, "{stats:?}");
@@ -259,7 +242,6 @@ fn process_settings_from_the_spec_apply() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "settings";
     let script = "id -u; id -G; hostname; pwd; echo $FOO; \
                   mkdir /tmp/x 2>/dev/null || echo mkdir-denied; \
@@ -272,10 +254,7 @@ fn process_settings_from_the_spec_apply() {
     // before the capabilities are dropped.
     spec["process"]["noNewPrivileges"] = json!(false);
     spec["linux"]["seccomp"] = deny_mkdir();
-    let pid = engine
-        .create(id, &bytes(&spec), rootfs.path(), false)
-        .expect("create");
-    engine.start(id).expect("start");
+    let pid = fx.start(id, &spec);
     let out = read_all(engine, id, None, false).unwrap();
     assert_eq!(engine.wait(id, None).unwrap(), 0, "stdout: {out}");
     let lines: Vec<&str> = out.lines().collect();
@@ -399,4 +378,42 @@ fn bad_input_is_refused_and_leaves_nothing() {
     ));
     engine.remove("dup").expect("remove");
     fx.assert_nothing_left("dup", &[pid]);
+}
+
+#[test]
+fn cgroup_v2_hierarchy_works_and_refuses_missing_controllers() {
+    let Some(fx) =
+        Fixture::with_cgroup2("cgroup_v2_hierarchy_works_and_refuses_missing_controllers")
+    else {
+        return;
+    };
+    let engine = &fx.engine;
+    let rootfs = &fx.rootfs;
+    let id = "v2";
+    // In its own cgroup namespace the container sits at the root of the
+    // cgroup2 filesystem mounted at /sys/fs/cgroup.
+    let script = "grep ^0:: /proc/self/cgroup; test -f /sys/fs/cgroup/cgroup.procs && echo cgroup2-mounted; sleep 1000";
+    let pid = fx.start(id, &spec(&["sh", "-c", script]));
+    let out = read_until(engine, id, None, "cgroup2-mounted");
+    assert_eq!(out, "0::/\ncgroup2-mounted\n");
+    let procs = std::fs::read_to_string(fx.cgroup_dirs(id)[1].join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "init {pid} not in the v2 cgroup: {procs:?}"
+    );
+    assert!(engine.stats(id).unwrap().cpu_usage_ns > 0);
+    // This hierarchy has no memory controller: a limit must fail, not vanish.
+    let e = engine
+        .update(id, br#"{"memory": {"limit": 33554432}}"#)
+        .expect_err("no memory controller");
+    assert!(e.to_string().contains("memory.max"), "{e}");
+    let mut limited = spec(&["true"]);
+    limited["linux"]["resources"]["memory"] = json!({"limit": 33554432});
+    let e = engine
+        .create("v2-limited", &bytes(&limited), rootfs.path(), false)
+        .expect_err("no memory controller");
+    assert!(e.to_string().contains("memory.max"), "{e}");
+    fx.assert_nothing_left("v2-limited", &[]);
+    engine.remove(id).expect("remove");
+    fx.assert_nothing_left(id, &[pid]);
 }

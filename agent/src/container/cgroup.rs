@@ -165,8 +165,10 @@ impl Cgroup {
     }
 
     /// The directory holding the memory controller's files, if there is one.
+    /// On v2 only when the memory controller is delegated to it.
     pub fn memory_dir(&self) -> Option<&Path> {
         self.dir("memory")
+            .filter(|dir| !self.is_v2() || dir.join("memory.events").exists())
     }
 
     /// On v1: each controller with the container's directory, for the
@@ -205,23 +207,7 @@ impl Cgroup {
     pub fn stats(&self) -> Result<ContainerStats, ContainerError> {
         let mut stats = ContainerStats::default();
         if self.is_v2() {
-            let dir = &self.dirs[0].1;
-            let cpu = read_file(&dir.join("cpu.stat"))?;
-            stats.cpu_usage_ns = keyed_value(&cpu, "usage_usec").unwrap_or(0) * 1000;
-            stats.memory_usage_bytes = read_u64(&dir.join("memory.current"))?;
-            let max = read_file(&dir.join("memory.max"))?;
-            stats.memory_limit_bytes = max.trim().parse().ok();
-            stats.pids_current = read_u64(&dir.join("pids.current"))?;
-            if let Ok(io) = fs::read_to_string(dir.join("io.stat")) {
-                for word in io.split_whitespace() {
-                    if let Some(v) = word.strip_prefix("rbytes=") {
-                        stats.io_read_bytes += v.parse().unwrap_or(0);
-                    } else if let Some(v) = word.strip_prefix("wbytes=") {
-                        stats.io_write_bytes += v.parse().unwrap_or(0);
-                    }
-                }
-            }
-            return Ok(stats);
+            return self.stats_v2();
         }
         if let Some(dir) = self.dir("cpuacct") {
             stats.cpu_usage_ns = read_u64(&dir.join("cpuacct.usage"))?;
@@ -247,6 +233,30 @@ impl Cgroup {
                         }
                     }
                 }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// v2 stats. Files of controllers the hierarchy does not delegate are
+    /// absent; their counters read as zero (stats inform, they limit nothing).
+    fn stats_v2(&self) -> Result<ContainerStats, ContainerError> {
+        let dir = &self.dirs[0].1;
+        let optional = |name: &str| fs::read_to_string(dir.join(name)).ok();
+        let cpu = read_file(&dir.join("cpu.stat"))?;
+        let mut stats = ContainerStats {
+            cpu_usage_ns: keyed_value(&cpu, "usage_usec").unwrap_or(0) * 1000,
+            ..ContainerStats::default()
+        };
+        let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+        stats.memory_usage_bytes = number(optional("memory.current")).unwrap_or(0);
+        stats.memory_limit_bytes = number(optional("memory.max"));
+        stats.pids_current = number(optional("pids.current")).unwrap_or(0);
+        for word in optional("io.stat").unwrap_or_default().split_whitespace() {
+            if let Some(v) = word.strip_prefix("rbytes=") {
+                stats.io_read_bytes += v.parse().unwrap_or(0);
+            } else if let Some(v) = word.strip_prefix("wbytes=") {
+                stats.io_write_bytes += v.parse().unwrap_or(0);
             }
         }
         Ok(stats)

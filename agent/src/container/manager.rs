@@ -106,18 +106,25 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 impl ContainerManager {
     /// Detects the cgroup layout; creates nothing yet.
     pub fn new(cfg: EngineConfig) -> Result<Self, ContainerError> {
-        if cfg.cgroup_parent.is_empty()
-            || cfg
-                .cgroup_parent
-                .split('/')
-                .any(|p| p.is_empty() || p == "..")
-        {
+        Self::with_cgroup_version(cfg, CgroupVersion::detect()?)
+    }
+
+    fn check_parent(parent: &str) -> Result<(), ContainerError> {
+        if parent.is_empty() || parent.split('/').any(|p| p.is_empty() || p == "..") {
             return Err(ContainerError::InvalidSpec(format!(
-                "cgroup parent {:?}",
-                cfg.cgroup_parent
+                "cgroup parent {parent:?}"
             )));
         }
-        let cgroup_version = CgroupVersion::detect()?;
+        Ok(())
+    }
+
+    /// Like `new`, with the cgroup layout given instead of detected (tests
+    /// use it to drive a cgroup2 hierarchy on a v1 host).
+    pub fn with_cgroup_version(
+        cfg: EngineConfig,
+        cgroup_version: CgroupVersion,
+    ) -> Result<Self, ContainerError> {
+        Self::check_parent(&cfg.cgroup_parent)?;
         tracing::info!(?cgroup_version, "container engine ready");
         Ok(ContainerManager {
             cgroup_version,
@@ -129,7 +136,7 @@ impl ContainerManager {
         })
     }
 
-    /// The cgroup layout found at start.
+    /// The cgroup layout in use.
     pub fn cgroup_version(&self) -> &CgroupVersion {
         &self.cgroup_version
     }

@@ -10,7 +10,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
 
 use super::spawn::NamespacePlan;
 use super::ContainerError;
@@ -35,18 +35,20 @@ fn open_namespace(path: &Path) -> Result<OwnedFd, ContainerError> {
         .map_err(|e| ContainerError::InvalidSpec(format!("namespace path {}: {e}", path.display())))
 }
 
-/// The namespaces a new container creates or joins, from its spec.
-pub fn init_namespaces(spec: &Spec) -> Result<NamespacePlan, ContainerError> {
-    let mut plan = NamespacePlan {
+/// A plan that does nothing yet, and the spec's namespace list.
+fn empty_plan(spec: &Spec) -> (NamespacePlan, Vec<LinuxNamespace>) {
+    let plan = NamespacePlan {
         join: Vec::new(),
         unshare: CloneFlags::empty(),
         new_cgroup_ns: false,
     };
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone());
+    (plan, namespaces.unwrap_or_default())
+}
+
+/// The namespaces a new container creates or joins, from its spec.
+pub fn init_namespaces(spec: &Spec) -> Result<NamespacePlan, ContainerError> {
+    let (mut plan, namespaces) = empty_plan(spec);
     for ns in &namespaces {
         let flag = namespace_flag(ns.typ())?;
         match ns.path() {
@@ -75,16 +77,7 @@ pub fn init_namespaces(spec: &Spec) -> Result<NamespacePlan, ContainerError> {
 
 /// The namespaces an exec joins: the container init's.
 pub fn exec_namespaces(spec: &Spec, init_pid: i32) -> Result<NamespacePlan, ContainerError> {
-    let mut plan = NamespacePlan {
-        join: Vec::new(),
-        unshare: CloneFlags::empty(),
-        new_cgroup_ns: false,
-    };
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
+    let (mut plan, namespaces) = empty_plan(spec);
     // The mount namespace last: after it, /proc is the container's.
     for (kind, name) in [
         (LinuxNamespaceType::Ipc, "ipc"),
