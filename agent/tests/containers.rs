@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{bytes, read_all, read_until, spec, Fixture};
-use husk_agent::container::ContainerError;
+use husk_agent::container::{ContainerError, ProcessStatus};
 use serde_json::json;
 
 /// A profile that lets everything but mkdir through.
@@ -28,6 +28,11 @@ fn output_streams_and_exit_code_come_back() {
     assert_eq!(read_all(engine, id, None, false).unwrap(), "hi\n");
     assert_eq!(read_all(engine, id, None, true).unwrap(), "err\n");
     assert_eq!(engine.wait(id, None).unwrap(), 3);
+    let state = engine.state(id, None).unwrap();
+    assert_eq!(
+        (state.pid, state.status, state.exit_code),
+        (pid, ProcessStatus::Stopped, Some(3))
+    );
     engine.remove(id).expect("remove");
     assert!(matches!(
         engine.wait(id, None),
@@ -69,6 +74,16 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
         "exec pid {own_pid} is not from the container's pid namespace"
     );
     assert_eq!(engine.wait(id, Some("ps")).unwrap(), 0);
+    let ps_state = engine.state(id, Some("ps")).unwrap();
+    assert_eq!(
+        (ps_state.status, ps_state.exit_code),
+        (ProcessStatus::Stopped, Some(0))
+    );
+    assert_eq!(engine.delete_exec(id, "ps").unwrap(), 0);
+    assert!(matches!(
+        engine.wait(id, Some("ps")),
+        Err(ContainerError::ExecNotFound { .. })
+    ));
 
     // A process that is not the namespace's init dies of SIGTERM: 128+15.
     let sleeper = json!({"args": ["sleep", "1000"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]});
@@ -103,10 +118,10 @@ fn terminal_process_gets_a_tty_and_its_size() {
     let script = "tty; stty size; test -t 0 && echo stdin-is-tty; read x; stty size; echo done-$x";
     let mut spec = spec(&["sh", "-c", script]);
     spec["process"]["terminal"] = json!(true);
+    spec["process"]["consoleSize"] = json!({"height": 33, "width": 101});
     let pid = engine
         .create(id, &bytes(&spec), rootfs.path(), true)
         .expect("create");
-    engine.resize_tty(id, None, 33, 101).expect("resize");
     engine.start(id).expect("start");
     let out = read_until(engine, id, None, "stdin-is-tty");
     assert!(out.contains("/dev/pts/0"), "no terminal: {out:?}");
@@ -215,8 +230,8 @@ fn stats_report_cpu_memory_and_pids() {
     };
     let engine = &fx.engine;
     let id = "stats";
-    let script =
-        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo busy-done; exec sleep 1000";
+    let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo busy-done; \
+                  while read l; do echo got-$l; done";
     let pid = fx.start(id, &spec(&["sh", "-c", script]));
     read_until(engine, id, None, "busy-done");
     let stats = engine.stats(id).unwrap();
@@ -227,11 +242,43 @@ fn stats_report_cpu_memory_and_pids() {
     engine
         .update(id, br#"{"pids": {"limit": 50}}"#)
         .expect("update");
+    let pids_dir = fx
+        .cgroup_dirs(id)
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/pids"));
+    let pids_max = std::fs::read_to_string(pids_dir.unwrap().join("pids.max")).unwrap();
+    assert_eq!(pids_max.trim(), "50");
     assert!(matches!(
         engine.update(id, b"{not json"),
         Err(ContainerError::InvalidSpec(_))
     ));
-    // remove() of a running container kills it.
+
+    // Pause freezes the cgroup (the kernel reports FROZEN once every task
+    // is), resume lets the shell go on reading its input.
+    engine.pause(id).expect("pause");
+    assert_eq!(
+        engine.state(id, None).unwrap().status,
+        ProcessStatus::Paused
+    );
+    let freezer = fx
+        .cgroup_dirs(id)
+        .into_iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/freezer"));
+    let freezer_state = std::fs::read_to_string(freezer.unwrap().join("freezer.state")).unwrap();
+    assert_eq!(freezer_state.trim(), "FROZEN");
+    assert!(matches!(
+        engine.pause(id),
+        Err(ContainerError::NotRunning(_))
+    ));
+    engine.resume(id).expect("resume");
+    assert_eq!(
+        engine.state(id, None).unwrap().status,
+        ProcessStatus::Running
+    );
+    engine.write_stdin(id, None, b"x\n").unwrap();
+    read_until(engine, id, None, "got-x");
+    engine.pause(id).expect("pause again");
+    // remove() of a paused container thaws and kills it.
     engine.remove(id).expect("remove");
     fx.assert_nothing_left(id, &[pid]);
 }
@@ -243,11 +290,12 @@ fn process_settings_from_the_spec_apply() {
     };
     let engine = &fx.engine;
     let id = "settings";
-    let script = "id -u; id -G; hostname; pwd; echo $FOO; \
+    let script = "id -u; id -G; umask; hostname; pwd; echo $FOO; \
                   mkdir /tmp/x 2>/dev/null || echo mkdir-denied; \
                   ls /sys/fs/cgroup | grep -c memory";
     let mut spec = spec(&["sh", "-c", script]);
-    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002]});
+    spec["process"]["user"] =
+        json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002], "umask": 0o77});
     spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
     spec["process"]["cwd"] = json!("/tmp");
     // Without no_new_privs (and without CAP_SYS_ADMIN) the filter must go on
@@ -268,6 +316,7 @@ fn process_settings_from_the_spec_apply() {
         [
             "1000",
             "1000 1001 1002",
+            "0077",
             "husk-test",
             "/tmp",
             "bar",
@@ -363,7 +412,15 @@ fn bad_input_is_refused_and_leaves_nothing() {
         engine.exec("dup", "e", &bytes(&sleeper), false),
         Err(ContainerError::NotRunning(_))
     ));
+    assert_eq!(
+        engine.state("dup", None).unwrap().status,
+        ProcessStatus::Created
+    );
     engine.start("dup").expect("start");
+    assert_eq!(
+        engine.state("dup", None).unwrap().status,
+        ProcessStatus::Running
+    );
     assert!(matches!(
         engine.start("dup"),
         Err(ContainerError::AlreadyStarted(_))

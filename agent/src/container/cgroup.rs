@@ -262,6 +262,37 @@ impl Cgroup {
         Ok(stats)
     }
 
+    /// Freezes (true) or thaws (false) every process, and waits until the
+    /// kernel reports the cgroup in that state.
+    pub fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        let (file, value, report) = if self.is_v2() {
+            let dir = &self.dirs[0].1;
+            let value = if frozen { "1" } else { "0" };
+            (dir.join("cgroup.freeze"), value, dir.join("cgroup.events"))
+        } else {
+            let file = self.need("freezer", "pause/resume")?.join("freezer.state");
+            let value = if frozen { "FROZEN" } else { "THAWED" };
+            (file.clone(), value, file)
+        };
+        write_file(&file, value)?;
+        for _ in 0..2000 {
+            let text = read_file(&report)?;
+            let reached = if self.is_v2() {
+                keyed_value(&text, "frozen") == Some(u64::from(frozen))
+            } else {
+                text.trim() == value
+            };
+            if reached {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(ContainerError::Busy(format!(
+            "{} did not reach {value}",
+            report.display()
+        )))
+    }
+
     /// SIGKILLs every process in the cgroup until it is empty.
     pub fn kill_all(&self) -> Result<(), ContainerError> {
         for _ in 0..100 {

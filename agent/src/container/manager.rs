@@ -4,23 +4,43 @@
 //! processes), so a failed call leaves nothing behind.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use super::cgroup::{Cgroup, CgroupVersion, ContainerStats};
+use super::handle::ProcessHandle;
 use super::namespaces::{exec_namespaces, init_namespaces};
 use super::oom::{self, OomEvents};
 use super::process::ProcessPlan;
 use super::rootfs::RootfsPlan;
 use super::spawn::{self, InitPlan, NamespacePlan, SpawnPlan};
-use super::stdio::{Stdio, Stream};
+use super::stdio::Stream;
 use super::ContainerError;
 use crate::reaper::Reaper;
+
+/// Where a process is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessStatus {
+    /// The init is set up and waits for `start`.
+    Created,
+    Running,
+    /// Frozen by `pause`.
+    Paused,
+    Stopped,
+}
+
+/// What `state` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessState {
+    pub pid: u32,
+    pub status: ProcessStatus,
+    /// Set once the process has exited (and been reaped).
+    pub exit_code: Option<i32>,
+}
 
 /// How the engine is set up.
 pub struct EngineConfig {
@@ -30,36 +50,11 @@ pub struct EngineConfig {
     pub reaper: Arc<Reaper>,
 }
 
-/// One process of a container (its init or an exec).
-struct ProcessHandle {
-    pid: i32,
-    stdio: Stdio,
-    /// The control channel while the init waits for `start`.
-    control: Mutex<Option<OwnedFd>>,
-    exit: Mutex<Option<i32>>,
-    exited: Condvar,
-}
-
-impl ProcessHandle {
-    fn exit_code(&self) -> Option<i32> {
-        *self.exit.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wait(&self) -> i32 {
-        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(code) = *exit {
-                return code;
-            }
-            exit = self.exited.wait(exit).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
     Created,
     Running,
+    Paused,
     StartFailed,
 }
 
@@ -214,6 +209,12 @@ impl ContainerManager {
         rootfs: &Path,
         terminal: bool,
     ) -> Result<Arc<Container>, ContainerError> {
+        if spec.hooks().is_some() {
+            tracing::warn!(
+                container = id,
+                "the spec's hooks are not run inside the guest"
+            );
+        }
         let process = spec
             .process()
             .clone()
@@ -263,10 +264,15 @@ impl ContainerManager {
             process,
         };
         let spawned = spawn::spawn(&plan, cgroup, &self.reaper)?;
-        let handle = self.track(spawned.pid, spawned.stdio, Some(spawned.control));
+        let handle = ProcessHandle::track(
+            &self.reaper,
+            spawned.pid,
+            spawned.stdio,
+            Some(spawned.control),
+        )?;
         if let Some(dir) = cgroup.memory_dir() {
             if let Err(e) = oom::watch(Arc::clone(&self.oom), id, dir, cgroup.is_v2()) {
-                spawn::kill_tracked(handle.pid);
+                handle.kill();
                 handle.wait();
                 return Err(e);
             }
@@ -275,34 +281,17 @@ impl ContainerManager {
         Ok(handle)
     }
 
-    /// Starts following a process's exit status on a thread of its own.
-    fn track(&self, pid: i32, stdio: Stdio, control: Option<OwnedFd>) -> Arc<ProcessHandle> {
-        let handle = Arc::new(ProcessHandle {
-            pid,
-            stdio,
-            control: Mutex::new(control),
-            exit: Mutex::new(None),
-            exited: Condvar::new(),
-        });
-        let watcher = Arc::clone(&handle);
-        let reaper = Arc::clone(&self.reaper);
-        std::thread::Builder::new()
-            .name(format!("wait-{pid}"))
-            .spawn(move || {
-                let code = reaper.wait(watcher.pid).code();
-                *watcher.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
-                watcher.exited.notify_all();
-            })
-            .expect("spawning a process waiter thread");
-        handle
-    }
-
     /// Lets the container's init exec its program.
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
         let container = self.container(id)?;
         let mut state = container.state.lock().unwrap_or_else(|e| e.into_inner());
         if *state != State::Created {
             return Err(ContainerError::AlreadyStarted(id.to_string()));
+        }
+        if container.init.exit_code().is_some() {
+            return Err(ContainerError::NotRunning(format!(
+                "the init of container {id:?}"
+            )));
         }
         let control = container
             .init
@@ -364,7 +353,7 @@ impl ContainerManager {
             process,
         };
         let spawned = spawn::spawn(&plan, &container.cgroup, &self.reaper)?;
-        let handle = self.track(spawned.pid, spawned.stdio, None);
+        let handle = ProcessHandle::track(&self.reaper, spawned.pid, spawned.stdio, None)?;
         spawn::await_exec(&spawned.control)?;
         execs.insert(exec_id.to_string(), Arc::clone(&handle));
         tracing::info!(container = id, exec_id, pid = handle.pid, "exec started");
@@ -465,15 +454,77 @@ impl ContainerManager {
         self.container(id)?.cgroup.pids()
     }
 
+    /// Where the init (exec_id None) or an exec is in its life.
+    pub fn state(&self, id: &str, exec_id: Option<&str>) -> Result<ProcessState, ContainerError> {
+        let container = self.container(id)?;
+        let process = self.process(id, exec_id)?;
+        let exit_code = process.exit_code();
+        let state = *container.state.lock().unwrap_or_else(|e| e.into_inner());
+        let status = match (exit_code, state) {
+            (Some(_), _) | (None, State::StartFailed) => ProcessStatus::Stopped,
+            (None, State::Paused) => ProcessStatus::Paused,
+            (None, State::Created) if exec_id.is_none() => ProcessStatus::Created,
+            (None, _) => ProcessStatus::Running,
+        };
+        Ok(ProcessState {
+            pid: process.pid as u32,
+            status,
+            exit_code,
+        })
+    }
+
+    /// Forgets an exec that has exited; returns its exit code.
+    pub fn delete_exec(&self, id: &str, exec_id: &str) -> Result<i32, ContainerError> {
+        let container = self.container(id)?;
+        let mut execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
+        let process = execs
+            .get(exec_id)
+            .ok_or_else(|| ContainerError::ExecNotFound {
+                id: id.into(),
+                exec_id: exec_id.into(),
+            })?;
+        let code = process.exit_code().ok_or_else(|| {
+            ContainerError::Busy(format!("exec {exec_id:?} of {id:?} is still running"))
+        })?;
+        execs.remove(exec_id);
+        Ok(code)
+    }
+
+    /// Freezes every process of a running container.
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        self.set_paused(id, State::Running, State::Paused)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        self.set_paused(id, State::Paused, State::Running)
+    }
+
+    fn set_paused(&self, id: &str, from: State, to: State) -> Result<(), ContainerError> {
+        let container = self.container(id)?;
+        let mut state = container.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *state != from || container.init.exit_code().is_some() {
+            return Err(ContainerError::NotRunning(format!(
+                "container {id:?} ({:?})",
+                *state
+            )));
+        }
+        container.cgroup.freeze(to == State::Paused)?;
+        *state = to;
+        Ok(())
+    }
+
     /// Kills whatever still runs, waits for the processes, removes the
     /// cgroup and forgets the container. The container's mounts live only in
     /// its mount namespace, which goes away with its last process.
     pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
         let container = self.container(id)?;
-        container.cgroup.kill_all()?;
-        if container.init.exit_code().is_none() {
-            spawn::kill_tracked(container.init.pid);
+        if *container.state.lock().unwrap_or_else(|e| e.into_inner()) == State::Paused {
+            // v1 frozen tasks do not even die of SIGKILL.
+            container.cgroup.freeze(false)?;
         }
+        container.cgroup.kill_all()?;
+        container.init.kill();
         container.init.wait();
         let execs: Vec<_> = container
             .execs

@@ -35,7 +35,10 @@
 //! read_stdout(id, exec_id, max) / read_stderr(..) -> Result<Vec<u8>>   // blocks; empty = EOF
 //! resize_tty(id, exec_id, rows, cols) -> Result<()>
 //! stats(id) -> Result<ContainerStats>;  update(id, resources_json) -> Result<()>
-//! list_processes(id) -> Result<Vec<u32>>;  remove(id) -> Result<()>
+//! list_processes(id) -> Result<Vec<u32>>;  list() -> Vec<String>
+//! state(id, exec_id) -> Result<ProcessState { pid, status, exit_code }>
+//! delete_exec(id, exec_id) -> Result<i32>;  pause(id) / resume(id) -> Result<()>
+//! remove(id) -> Result<()>
 //! next_oom_event() -> Result<String>;  next_oom_event_timeout(Duration) -> Result<Option<String>>
 //! ```
 //!
@@ -46,6 +49,7 @@
 
 mod cgroup;
 mod channel;
+mod handle;
 mod limits;
 mod manager;
 mod namespaces;
@@ -59,7 +63,7 @@ mod stdio;
 use std::path::PathBuf;
 
 pub use cgroup::{CgroupVersion, ContainerStats};
-pub use manager::{ContainerManager, EngineConfig};
+pub use manager::{ContainerManager, EngineConfig, ProcessState, ProcessStatus};
 
 /// What went wrong, for the RPC layer to map onto a status.
 #[derive(Debug, thiserror::Error)]

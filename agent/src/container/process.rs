@@ -48,6 +48,10 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
     pub seccomp: Vec<BpfProgram>,
     pub terminal: bool,
+    /// Initial terminal size (rows, cols).
+    pub console_size: Option<(u16, u16)>,
+    /// File mode creation mask; runc's default is 022.
+    pub umask: u32,
 }
 
 fn cstring(text: &str, field: &str) -> Result<CString, ContainerError> {
@@ -149,6 +153,11 @@ impl ProcessPlan {
             oom_score_adj: process.oom_score_adj(),
             seccomp,
             terminal,
+            console_size: process.console_size().map(|b| {
+                let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+                (clamp(b.height()), clamp(b.width()))
+            }),
+            umask: process.user().umask().unwrap_or(0o022) & 0o777,
         })
     }
 }
@@ -239,6 +248,7 @@ fn install_seccomp(plan: &ProcessPlan) -> ChildResult<()> {
 
 /// Applies everything but the exec itself; returns the program to exec.
 pub fn apply(plan: &ProcessPlan) -> ChildResult<CString> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
     if !plan.no_new_privileges {
         install_seccomp(plan)?;
     }
