@@ -242,11 +242,7 @@ fn stats_report_cpu_memory_and_pids() {
     engine
         .update(id, br#"{"pids": {"limit": 50}}"#)
         .expect("update");
-    let pids_dir = fx
-        .cgroup_dirs(id)
-        .into_iter()
-        .find(|d| d.starts_with("/sys/fs/cgroup/pids"));
-    let pids_max = std::fs::read_to_string(pids_dir.unwrap().join("pids.max")).unwrap();
+    let pids_max = fx.v1_file(id, "pids", "pids.max");
     assert_eq!(pids_max.trim(), "50");
     assert!(matches!(
         engine.update(id, b"{not json"),
@@ -260,11 +256,7 @@ fn stats_report_cpu_memory_and_pids() {
         engine.state(id, None).unwrap().status,
         ProcessStatus::Paused
     );
-    let freezer = fx
-        .cgroup_dirs(id)
-        .into_iter()
-        .find(|d| d.starts_with("/sys/fs/cgroup/freezer"));
-    let freezer_state = std::fs::read_to_string(freezer.unwrap().join("freezer.state")).unwrap();
+    let freezer_state = fx.v1_file(id, "freezer", "freezer.state");
     assert_eq!(freezer_state.trim(), "FROZEN");
     assert!(matches!(
         engine.pause(id),

@@ -116,6 +116,15 @@ impl Fixture {
         dirs
     }
 
+    /// A file of the container's cgroup in a v1 controller's hierarchy.
+    pub fn v1_file(&self, id: &str, controller: &str, file: &str) -> String {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&self.parent)
+            .join(id);
+        std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+    }
+
     /// Asserts that nothing of container `id` is left: no cgroup directory,
     /// no mount of the rootfs in our namespace, none of `pids` alive.
     pub fn assert_nothing_left(&self, id: &str, pids: &[u32]) {
