@@ -91,6 +91,10 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
         .exec(id, "sleeper", &bytes(&sleeper), false)
         .expect("exec sleeper");
     assert!(engine.list_processes(id).unwrap().contains(&sleeper_pid));
+    assert!(matches!(
+        engine.exec(id, "sleeper", &bytes(&sleeper), false),
+        Err(ContainerError::ExecAlreadyExists { .. })
+    ));
     engine.signal(id, Some("sleeper"), libc::SIGTERM).unwrap();
     assert_eq!(engine.wait(id, Some("sleeper")).unwrap(), 143);
 

@@ -63,6 +63,8 @@ struct Container {
     cgroup: Cgroup,
     init: Arc<ProcessHandle>,
     execs: Mutex<HashMap<String, Arc<ProcessHandle>>>,
+    /// Exec ids being spawned (reserved, not yet in `execs`).
+    pending_execs: Mutex<HashSet<String>>,
     state: Mutex<State>,
 }
 
@@ -230,6 +232,7 @@ impl ContainerManager {
                 cgroup,
                 init,
                 execs: Mutex::new(HashMap::new()),
+                pending_execs: Mutex::new(HashSet::new()),
                 state: Mutex::new(State::Created),
             })),
             Err(e) => {
@@ -339,13 +342,38 @@ impl ContainerManager {
         {
             return Err(ContainerError::NotRunning(format!("container {id:?}")));
         }
-        let mut execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
-        if execs.contains_key(exec_id) {
-            return Err(ContainerError::ExecAlreadyExists {
-                id: id.into(),
-                exec_id: exec_id.into(),
-            });
+        {
+            let execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = container
+                .pending_execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if execs.contains_key(exec_id) || !pending.insert(exec_id.to_string()) {
+                return Err(ContainerError::ExecAlreadyExists {
+                    id: id.into(),
+                    exec_id: exec_id.into(),
+                });
+            }
         }
+        // Spawning can take a while; other calls on this container go on.
+        let result = self.spawn_exec(&container, process);
+        let mut execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
+        container
+            .pending_execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(exec_id);
+        let handle = result?;
+        execs.insert(exec_id.to_string(), Arc::clone(&handle));
+        tracing::info!(container = id, exec_id, pid = handle.pid, "exec started");
+        Ok(handle.pid as u32)
+    }
+
+    fn spawn_exec(
+        &self,
+        container: &Container,
+        process: ProcessPlan,
+    ) -> Result<Arc<ProcessHandle>, ContainerError> {
         let namespaces = exec_namespaces(&container.spec, container.init.pid)?;
         let plan = SpawnPlan {
             namespaces,
@@ -355,9 +383,7 @@ impl ContainerManager {
         let spawned = spawn::spawn(&plan, &container.cgroup, &self.reaper)?;
         let handle = ProcessHandle::track(&self.reaper, spawned.pid, spawned.stdio, None)?;
         spawn::await_exec(&spawned.control)?;
-        execs.insert(exec_id.to_string(), Arc::clone(&handle));
-        tracing::info!(container = id, exec_id, pid = handle.pid, "exec started");
-        Ok(handle.pid as u32)
+        Ok(handle)
     }
 
     /// Sends `signal` to the init (exec_id None) or to one exec.
