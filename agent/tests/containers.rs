@@ -378,7 +378,24 @@ fn bad_input_is_refused_and_leaves_nothing() {
         err(engine.create("userns", &bytes(&user_ns), rootfs.path(), false)),
         ContainerError::Unsupported(_)
     ));
+    // Mount destinations must be absolute and stay inside the rootfs.
+    let mut relative = spec(&["true"]);
+    relative["mounts"][0]["destination"] = json!("../../etc");
+    let e = err(engine.create("relative", &bytes(&relative), rootfs.path(), false));
+    assert!(matches!(e, ContainerError::InvalidSpec(_)), "{e}");
+    let e = err(engine.create(
+        "nul",
+        &bytes(&spec(&["sh", "-c", "a\0b"])),
+        rootfs.path(),
+        false,
+    ));
+    assert!(matches!(e, ContainerError::InvalidSpec(_)), "{e}");
+    let e = err(engine.create("no-args", &bytes(&spec(&[])), rootfs.path(), false));
+    assert!(matches!(e, ContainerError::InvalidSpec(_)), "{e}");
     for id in [
+        "relative",
+        "nul",
+        "no-args",
         "bad-json",
         "no-rootfs",
         "unsupported",

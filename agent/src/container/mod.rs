@@ -42,10 +42,28 @@
 //! next_oom_event() -> Result<String>;  next_oom_event_timeout(Duration) -> Result<Option<String>>
 //! ```
 //!
+//! `terminal` (create and exec) decides between a pty and pipes; the spec's
+//! `process.terminal` is not consulted. Each process's pid is the agent's
+//! view (what `list_processes` and the reaper use).
+//!
 //! Signals follow the kernel's rule for a PID-namespace init, as with runc: a
 //! signal the init has no handler for is dropped, except SIGKILL/SIGSTOP. So
 //! SIGTERM to an init `sleep` does nothing, SIGKILL gives 137; an exec'd
 //! `sleep` (not an init) dies of SIGTERM with 143.
+//!
+//! # Refused or not applied (each says so; nothing is dropped silently)
+//!
+//! - Refused with `Unsupported`: user and time namespaces, joining another
+//!   mount namespace; cpuset, realtime, hugepage, per-device blkIO, network
+//!   and rdma limits; kernel memory; seccomp NOTIFY, listenerPath, flags.
+//! - Logged and not applied: device cgroup rules on cgroup v2 (they need an
+//!   eBPF program), hooks (they name host binaries), AppArmor/SELinux.
+//! - `linux.cgroupsPath` is ignored: cgroups live at `<parent>/<id>`.
+//! - Seccomp filters are for x86-64; syscalls of other ABIs are killed by
+//!   seccompiler's arch check (i386) or failed with ENOSYS (x32).
+//! - Closing a terminal's stdin sends the EOF character (^D).
+//! - Once `Reaper::start` runs, nothing else in the process may wait for
+//!   children (`std::process::Command::wait` would get ECHILD).
 
 mod cgroup;
 mod channel;
