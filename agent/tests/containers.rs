@@ -7,8 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::{bytes, read_all, read_until, spec, Fixture};
-use husk_agent::container::ContainerError;
+use husk_agent::container::{ContainerError, ProcessStatus};
 use serde_json::json;
+
+/// A profile that lets everything but mkdir through.
+fn deny_mkdir() -> serde_json::Value {
+    json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]})
+}
 
 #[test]
 fn output_streams_and_exit_code_come_back() {
@@ -16,16 +22,17 @@ fn output_streams_and_exit_code_come_back() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "streams";
     let spec = spec(&["sh", "-c", "echo hi; echo err >&2; exit 3"]);
-    let pid = engine
-        .create(id, &bytes(&spec), rootfs.path(), false)
-        .expect("create");
-    engine.start(id).expect("start");
+    let pid = fx.start(id, &spec);
     assert_eq!(read_all(engine, id, None, false).unwrap(), "hi\n");
     assert_eq!(read_all(engine, id, None, true).unwrap(), "err\n");
     assert_eq!(engine.wait(id, None).unwrap(), 3);
+    let state = engine.state(id, None).unwrap();
+    assert_eq!(
+        (state.pid, state.status, state.exit_code),
+        (pid, ProcessStatus::Stopped, Some(3))
+    );
     engine.remove(id).expect("remove");
     assert!(matches!(
         engine.wait(id, None),
@@ -40,27 +47,25 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "execsig";
     let mut spec = spec(&["sleep", "1000"]);
     let masked = spec["linux"]["maskedPaths"].as_array_mut().unwrap();
     masked.extend([json!("/proc/version"), json!("/sys/kernel")]);
-    let init = engine
-        .create(id, &bytes(&spec), rootfs.path(), false)
-        .expect("create");
-    engine.start(id).expect("start");
+    spec["linux"]["seccomp"] = deny_mkdir();
+    let init = fx.start(id, &spec);
 
     // As root: a masked file reads as empty, a masked directory is empty,
     // and /proc/sys is read-only.
     let script = "cat /proc/1/comm; wc -c < /proc/version; ls /sys/kernel | wc -l; \
-                  (echo x > /proc/sys/kernel/domainname) 2>/dev/null || echo sys-ro; echo pid=$$";
+                  (echo x > /proc/sys/kernel/domainname) 2>/dev/null || echo sys-ro; \
+                  mkdir /tmp/y 2>/dev/null || echo mkdir-denied; echo pid=$$";
     let ps = json!({"args": ["sh", "-c", script], "cwd": "/", "user": {"uid": 0, "gid": 0},
                     "env": ["PATH=/bin"]});
     engine.exec(id, "ps", &bytes(&ps), false).expect("exec ps");
     let out = read_all(engine, id, Some("ps"), false).unwrap();
     let err = read_all(engine, id, Some("ps"), true).unwrap();
     assert!(
-        out.starts_with("sleep\n0\n0\nsys-ro\n"),
+        out.starts_with("sleep\n0\n0\nsys-ro\nmkdir-denied\n"),
         "PID 1 is not the init, or paths not masked: {out:?} {err:?}"
     );
     let own_pid: u32 = out.trim().rsplit("pid=").next().unwrap().parse().unwrap();
@@ -69,6 +74,16 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
         "exec pid {own_pid} is not from the container's pid namespace"
     );
     assert_eq!(engine.wait(id, Some("ps")).unwrap(), 0);
+    let ps_state = engine.state(id, Some("ps")).unwrap();
+    assert_eq!(
+        (ps_state.status, ps_state.exit_code),
+        (ProcessStatus::Stopped, Some(0))
+    );
+    assert_eq!(engine.delete_exec(id, "ps").unwrap(), 0);
+    assert!(matches!(
+        engine.wait(id, Some("ps")),
+        Err(ContainerError::ExecNotFound { .. })
+    ));
 
     // A process that is not the namespace's init dies of SIGTERM: 128+15.
     let sleeper = json!({"args": ["sleep", "1000"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"]});
@@ -76,6 +91,10 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
         .exec(id, "sleeper", &bytes(&sleeper), false)
         .expect("exec sleeper");
     assert!(engine.list_processes(id).unwrap().contains(&sleeper_pid));
+    assert!(matches!(
+        engine.exec(id, "sleeper", &bytes(&sleeper), false),
+        Err(ContainerError::ExecAlreadyExists { .. })
+    ));
     engine.signal(id, Some("sleeper"), libc::SIGTERM).unwrap();
     assert_eq!(engine.wait(id, Some("sleeper")).unwrap(), 143);
 
@@ -100,20 +119,37 @@ fn terminal_process_gets_a_tty_and_its_size() {
     let engine = &fx.engine;
     let rootfs = &fx.rootfs;
     let id = "tty";
-    let mut spec = spec(&["sh", "-c", "tty; stty size; test -t 0 && echo stdin-is-tty"]);
+    let script = "tty; stty size; test -t 0 && echo stdin-is-tty; read x; stty size; echo done-$x";
+    let mut spec = spec(&["sh", "-c", script]);
     spec["process"]["terminal"] = json!(true);
+    spec["process"]["consoleSize"] = json!({"height": 33, "width": 101});
     let pid = engine
         .create(id, &bytes(&spec), rootfs.path(), true)
         .expect("create");
-    engine.resize_tty(id, None, 33, 101).expect("resize");
     engine.start(id).expect("start");
-    let out = read_all(engine, id, None, false).unwrap();
+    let out = read_until(engine, id, None, "stdin-is-tty");
     assert!(out.contains("/dev/pts/0"), "no terminal: {out:?}");
     assert!(out.contains("33 101"), "size not applied: {out:?}");
+
+    // An exec with a terminal gets its own pty in the container's devpts.
+    let tty = json!({"args": ["tty"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"],
+                     "terminal": true});
+    engine
+        .exec(id, "tty", &bytes(&tty), true)
+        .expect("exec tty");
+    let exec_out = read_all(engine, id, Some("tty"), false).unwrap();
     assert!(
-        out.contains("stdin-is-tty"),
-        "stdin is not the terminal: {out:?}"
+        exec_out.contains("/dev/pts/1"),
+        "exec has no terminal: {exec_out:?}"
     );
+    assert_eq!(engine.wait(id, Some("tty")).unwrap(), 0);
+
+    // Resizing a running process's terminal: the next `stty size` sees it.
+    engine.resize_tty(id, None, 40, 120).expect("resize");
+    engine.write_stdin(id, None, b"go\n").unwrap();
+    let rest = read_all(engine, id, None, false).unwrap();
+    assert!(rest.contains("40 120"), "resize not applied: {rest:?}");
+    assert!(rest.contains("done-go"), "stdin not delivered: {rest:?}");
     assert_eq!(
         read_all(engine, id, None, true).unwrap(),
         "",
@@ -197,19 +233,10 @@ fn stats_report_cpu_memory_and_pids() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "stats";
-    let script =
-        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo busy-done; exec sleep 1000";
-    let pid = engine
-        .create(
-            id,
-            &bytes(&spec(&["sh", "-c", script])),
-            rootfs.path(),
-            false,
-        )
-        .expect("create");
-    engine.start(id).expect("start");
+    let script = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo busy-done; \
+                  while read l; do echo got-$l; done";
+    let pid = fx.start(id, &spec(&["sh", "-c", script]));
     read_until(engine, id, None, "busy-done");
     let stats = engine.stats(id).unwrap();
     assert!(stats.cpu_usage_ns > 0, "{stats:?}");
@@ -219,11 +246,35 @@ fn stats_report_cpu_memory_and_pids() {
     engine
         .update(id, br#"{"pids": {"limit": 50}}"#)
         .expect("update");
+    let pids_max = fx.v1_file(id, "pids", "pids.max");
+    assert_eq!(pids_max.trim(), "50");
     assert!(matches!(
         engine.update(id, b"{not json"),
         Err(ContainerError::InvalidSpec(_))
     ));
-    // remove() of a running container kills it.
+
+    // Pause freezes the cgroup (the kernel reports FROZEN once every task
+    // is), resume lets the shell go on reading its input.
+    engine.pause(id).expect("pause");
+    assert_eq!(
+        engine.state(id, None).unwrap().status,
+        ProcessStatus::Paused
+    );
+    let freezer_state = fx.v1_file(id, "freezer", "freezer.state");
+    assert_eq!(freezer_state.trim(), "FROZEN");
+    assert!(matches!(
+        engine.pause(id),
+        Err(ContainerError::NotRunning(_))
+    ));
+    engine.resume(id).expect("resume");
+    assert_eq!(
+        engine.state(id, None).unwrap().status,
+        ProcessStatus::Running
+    );
+    engine.write_stdin(id, None, b"x\n").unwrap();
+    read_until(engine, id, None, "got-x");
+    engine.pause(id).expect("pause again");
+    // remove() of a paused container thaws and kills it.
     engine.remove(id).expect("remove");
     fx.assert_nothing_left(id, &[pid]);
 }
@@ -234,21 +285,20 @@ fn process_settings_from_the_spec_apply() {
         return;
     };
     let engine = &fx.engine;
-    let rootfs = &fx.rootfs;
     let id = "settings";
-    let script = "id -u; id -G; hostname; pwd; echo $FOO; \
+    let script = "id -u; id -G; umask; hostname; pwd; echo $FOO; \
                   mkdir /tmp/x 2>/dev/null || echo mkdir-denied; \
                   ls /sys/fs/cgroup | grep -c memory";
     let mut spec = spec(&["sh", "-c", script]);
-    spec["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002]});
+    spec["process"]["user"] =
+        json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002], "umask": 0o77});
     spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
     spec["process"]["cwd"] = json!("/tmp");
-    spec["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
-        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]});
-    let pid = engine
-        .create(id, &bytes(&spec), rootfs.path(), false)
-        .expect("create");
-    engine.start(id).expect("start");
+    // Without no_new_privs (and without CAP_SYS_ADMIN) the filter must go on
+    // before the capabilities are dropped.
+    spec["process"]["noNewPrivileges"] = json!(false);
+    spec["linux"]["seccomp"] = deny_mkdir();
+    let pid = fx.start(id, &spec);
     let out = read_all(engine, id, None, false).unwrap();
     assert_eq!(engine.wait(id, None).unwrap(), 0, "stdout: {out}");
     let lines: Vec<&str> = out.lines().collect();
@@ -262,6 +312,7 @@ fn process_settings_from_the_spec_apply() {
         [
             "1000",
             "1000 1001 1002",
+            "0077",
             "husk-test",
             "/tmp",
             "bar",
@@ -327,7 +378,24 @@ fn bad_input_is_refused_and_leaves_nothing() {
         err(engine.create("userns", &bytes(&user_ns), rootfs.path(), false)),
         ContainerError::Unsupported(_)
     ));
+    // Mount destinations must be absolute and stay inside the rootfs.
+    let mut relative = spec(&["true"]);
+    relative["mounts"][0]["destination"] = json!("../../etc");
+    let e = err(engine.create("relative", &bytes(&relative), rootfs.path(), false));
+    assert!(matches!(e, ContainerError::InvalidSpec(_)), "{e}");
+    let e = err(engine.create(
+        "nul",
+        &bytes(&spec(&["sh", "-c", "a\0b"])),
+        rootfs.path(),
+        false,
+    ));
+    assert!(matches!(e, ContainerError::InvalidSpec(_)), "{e}");
+    let e = err(engine.create("no-args", &bytes(&spec(&[])), rootfs.path(), false));
+    assert!(matches!(e, ContainerError::InvalidSpec(_)), "{e}");
     for id in [
+        "relative",
+        "nul",
+        "no-args",
         "bad-json",
         "no-rootfs",
         "unsupported",
@@ -357,7 +425,15 @@ fn bad_input_is_refused_and_leaves_nothing() {
         engine.exec("dup", "e", &bytes(&sleeper), false),
         Err(ContainerError::NotRunning(_))
     ));
+    assert_eq!(
+        engine.state("dup", None).unwrap().status,
+        ProcessStatus::Created
+    );
     engine.start("dup").expect("start");
+    assert_eq!(
+        engine.state("dup", None).unwrap().status,
+        ProcessStatus::Running
+    );
     assert!(matches!(
         engine.start("dup"),
         Err(ContainerError::AlreadyStarted(_))
@@ -372,4 +448,42 @@ fn bad_input_is_refused_and_leaves_nothing() {
     ));
     engine.remove("dup").expect("remove");
     fx.assert_nothing_left("dup", &[pid]);
+}
+
+#[test]
+fn cgroup_v2_hierarchy_works_and_refuses_missing_controllers() {
+    let Some(fx) =
+        Fixture::with_cgroup2("cgroup_v2_hierarchy_works_and_refuses_missing_controllers")
+    else {
+        return;
+    };
+    let engine = &fx.engine;
+    let rootfs = &fx.rootfs;
+    let id = "v2";
+    // In its own cgroup namespace the container sits at the root of the
+    // cgroup2 filesystem mounted at /sys/fs/cgroup.
+    let script = "grep ^0:: /proc/self/cgroup; test -f /sys/fs/cgroup/cgroup.procs && echo cgroup2-mounted; sleep 1000";
+    let pid = fx.start(id, &spec(&["sh", "-c", script]));
+    let out = read_until(engine, id, None, "cgroup2-mounted");
+    assert_eq!(out, "0::/\ncgroup2-mounted\n");
+    let procs = std::fs::read_to_string(fx.cgroup_dirs(id)[1].join("cgroup.procs")).unwrap();
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "init {pid} not in the v2 cgroup: {procs:?}"
+    );
+    assert!(engine.stats(id).unwrap().cpu_usage_ns > 0);
+    // This hierarchy has no memory controller: a limit must fail, not vanish.
+    let e = engine
+        .update(id, br#"{"memory": {"limit": 33554432}}"#)
+        .expect_err("no memory controller");
+    assert!(e.to_string().contains("memory.max"), "{e}");
+    let mut limited = spec(&["true"]);
+    limited["linux"]["resources"]["memory"] = json!({"limit": 33554432});
+    let e = engine
+        .create("v2-limited", &bytes(&limited), rootfs.path(), false)
+        .expect_err("no memory controller");
+    assert!(e.to_string().contains("memory.max"), "{e}");
+    fx.assert_nothing_left("v2-limited", &[]);
+    engine.remove(id).expect("remove");
+    fx.assert_nothing_left(id, &[pid]);
 }

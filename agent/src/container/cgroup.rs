@@ -9,8 +9,6 @@ use std::fs;
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
-
 use super::ContainerError;
 
 /// Where cgroups are mounted. cgroup v2 is recognised by the filesystem magic
@@ -22,21 +20,6 @@ const V1_CONTROLLERS: [&str; 7] = [
 ];
 /// v2 controllers enabled for containers when the kernel offers them.
 const V2_CONTROLLERS: [&str; 4] = ["cpu", "io", "memory", "pids"];
-
-/// Device rules appended after the spec's: mknod in general, and the nodes
-/// every container gets (null, zero, full, random, urandom, tty, ptmx, pts).
-const DEFAULT_ALLOWED_DEVICES: [&str; 10] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-];
 
 /// Which cgroup layout this machine has.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,9 +71,9 @@ pub struct ContainerStats {
 /// One container's cgroup directories (one per v1 controller, or one on v2).
 #[derive(Debug)]
 pub struct Cgroup {
-    version: CgroupVersion,
+    pub(super) version: CgroupVersion,
     /// (controller or "" on v2, directory)
-    dirs: Vec<(String, PathBuf)>,
+    pub(super) dirs: Vec<(String, PathBuf)>,
 }
 
 fn cgroup_err(path: &Path, source: io::Error) -> ContainerError {
@@ -100,7 +83,7 @@ fn cgroup_err(path: &Path, source: io::Error) -> ContainerError {
     }
 }
 
-fn write_file(path: &Path, value: &str) -> Result<(), ContainerError> {
+pub(super) fn write_file(path: &Path, value: &str) -> Result<(), ContainerError> {
     fs::write(path, value).map_err(|e| cgroup_err(path, e))
 }
 
@@ -173,7 +156,7 @@ impl Cgroup {
             .map(|(_, dir)| dir.as_path())
     }
 
-    fn need(&self, controller: &str, what: &str) -> Result<&Path, ContainerError> {
+    pub(super) fn need(&self, controller: &str, what: &str) -> Result<&Path, ContainerError> {
         self.dir(controller).ok_or_else(|| {
             ContainerError::Unsupported(format!(
                 "{what}: this machine has no {controller} cgroup controller"
@@ -182,8 +165,10 @@ impl Cgroup {
     }
 
     /// The directory holding the memory controller's files, if there is one.
+    /// On v2 only when the memory controller is delegated to it.
     pub fn memory_dir(&self) -> Option<&Path> {
         self.dir("memory")
+            .filter(|dir| !self.is_v2() || dir.join("memory.events").exists())
     }
 
     /// On v1: each controller with the container's directory, for the
@@ -218,271 +203,11 @@ impl Cgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
-    /// Applies the spec's resources. Anything set that cannot be applied here
-    /// is an error naming the field.
-    pub fn apply(&self, resources: &LinuxResources) -> Result<(), ContainerError> {
-        let unsupported =
-            |field: &str| Err(ContainerError::Unsupported(format!("resources.{field}")));
-        if resources
-            .hugepage_limits()
-            .as_ref()
-            .is_some_and(|v| !v.is_empty())
-        {
-            return unsupported("hugepageLimits");
-        }
-        if resources.network().is_some() {
-            return unsupported("network");
-        }
-        if resources.rdma().as_ref().is_some_and(|v| !v.is_empty()) {
-            return unsupported("rdma");
-        }
-        if let Some(memory) = resources.memory() {
-            self.apply_memory(memory)?;
-        }
-        if let Some(cpu) = resources.cpu() {
-            self.apply_cpu(cpu)?;
-        }
-        if let Some(pids) = resources.pids() {
-            let dir = self.need("pids", "resources.pids")?;
-            let limit = if pids.limit() > 0 {
-                pids.limit().to_string()
-            } else {
-                "max".into()
-            };
-            write_file(&dir.join("pids.max"), &limit)?;
-        }
-        if let Some(block_io) = resources.block_io() {
-            self.apply_block_io(block_io)?;
-        }
-        if let Some(devices) = resources.devices() {
-            self.apply_devices(devices)?;
-        }
-        if let Some(unified) = resources.unified() {
-            let CgroupVersion::V2(_) = self.version else {
-                return unsupported("unified (needs cgroup v2)");
-            };
-            for (key, value) in unified {
-                if key.contains('/') || key.starts_with('.') {
-                    return Err(ContainerError::InvalidSpec(format!(
-                        "resources.unified key {key:?}"
-                    )));
-                }
-                write_file(&self.dirs[0].1.join(key), value)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_memory(&self, memory: &oci_spec::runtime::LinuxMemory) -> Result<(), ContainerError> {
-        let dir = self.need("memory", "resources.memory")?;
-        if memory.kernel().is_some() || memory.kernel_tcp().is_some() {
-            return Err(ContainerError::Unsupported(
-                "resources.memory.kernel/kernelTCP".into(),
-            ));
-        }
-        if memory.disable_oom_killer() == Some(true) {
-            return Err(ContainerError::Unsupported(
-                "resources.memory.disableOOMKiller".into(),
-            ));
-        }
-        let limit = memory.limit().filter(|v| *v > 0);
-        let swap = memory.swap().filter(|v| *v > 0);
-        if self.is_v2() {
-            if let Some(limit) = limit {
-                write_file(&dir.join("memory.max"), &limit.to_string())?;
-            }
-            if let Some(swap) = swap {
-                // OCI's swap is memory+swap; v2's swap.max is swap alone.
-                let swap_only = swap.saturating_sub(limit.unwrap_or(0)).max(0);
-                write_file(&dir.join("memory.swap.max"), &swap_only.to_string())?;
-            }
-            if let Some(low) = memory.reservation().filter(|v| *v > 0) {
-                write_file(&dir.join("memory.low"), &low.to_string())?;
-            }
-            if memory.swappiness().is_some() {
-                return Err(ContainerError::Unsupported(
-                    "resources.memory.swappiness on cgroup v2".into(),
-                ));
-            }
-            return Ok(());
-        }
-        let limit_file = dir.join("memory.limit_in_bytes");
-        let memsw_file = dir.join("memory.memsw.limit_in_bytes");
-        match (limit, swap) {
-            (Some(limit), Some(swap)) => {
-                // memsw must stay >= the limit at every step, so the order
-                // depends on whether the limits grow or shrink.
-                if fs::write(&limit_file, limit.to_string()).is_err() {
-                    write_file(&memsw_file, &swap.to_string())?;
-                    write_file(&limit_file, &limit.to_string())?;
-                } else {
-                    write_file(&memsw_file, &swap.to_string())?;
-                }
-            }
-            (Some(limit), None) => write_file(&limit_file, &limit.to_string())?,
-            (None, Some(swap)) => write_file(&memsw_file, &swap.to_string())?,
-            (None, None) => {}
-        }
-        if let Some(reservation) = memory.reservation().filter(|v| *v > 0) {
-            write_file(
-                &dir.join("memory.soft_limit_in_bytes"),
-                &reservation.to_string(),
-            )?;
-        }
-        if let Some(swappiness) = memory.swappiness() {
-            write_file(&dir.join("memory.swappiness"), &swappiness.to_string())?;
-        }
-        Ok(())
-    }
-
-    fn apply_cpu(&self, cpu: &oci_spec::runtime::LinuxCpu) -> Result<(), ContainerError> {
-        if cpu.cpus().is_some() || cpu.mems().is_some() {
-            return Err(ContainerError::Unsupported(
-                "resources.cpu.cpus/mems (cpuset)".into(),
-            ));
-        }
-        if cpu.realtime_runtime().is_some() || cpu.realtime_period().is_some() {
-            return Err(ContainerError::Unsupported(
-                "resources.cpu.realtime*".into(),
-            ));
-        }
-        if cpu.idle().is_some() || cpu.burst().is_some() {
-            return Err(ContainerError::Unsupported(
-                "resources.cpu.idle/burst".into(),
-            ));
-        }
-        let dir = self.need("cpu", "resources.cpu")?;
-        let quota = cpu.quota();
-        let period = cpu.period();
-        if self.is_v2() {
-            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
-                // The conversion runc and crun use: [2, 262144] -> [1, 10000].
-                let weight = 1 + (shares.clamp(2, 262144) - 2) * 9999 / 262142;
-                write_file(&dir.join("cpu.weight"), &weight.to_string())?;
-            }
-            if quota.is_some() || period.is_some() {
-                let quota = match quota {
-                    Some(q) if q > 0 => q.to_string(),
-                    _ => "max".to_string(),
-                };
-                write_file(
-                    &dir.join("cpu.max"),
-                    &format!("{quota} {}", period.unwrap_or(100_000)),
-                )?;
-            }
-            return Ok(());
-        }
-        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
-            write_file(&dir.join("cpu.shares"), &shares.to_string())?;
-        }
-        if let Some(period) = period {
-            write_file(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
-        }
-        if let Some(quota) = quota {
-            let quota = if quota > 0 { quota } else { -1 };
-            write_file(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-        }
-        Ok(())
-    }
-
-    fn apply_block_io(
-        &self,
-        block_io: &oci_spec::runtime::LinuxBlockIo,
-    ) -> Result<(), ContainerError> {
-        let per_device = block_io.weight_device().is_some()
-            || block_io.throttle_read_bps_device().is_some()
-            || block_io.throttle_write_bps_device().is_some()
-            || block_io.throttle_read_iops_device().is_some()
-            || block_io.throttle_write_iops_device().is_some()
-            || block_io.leaf_weight().is_some();
-        if per_device {
-            return Err(ContainerError::Unsupported(
-                "resources.blockIO per-device limits".into(),
-            ));
-        }
-        if let Some(weight) = block_io.weight() {
-            if self.is_v2() {
-                let dir = self.need("io", "resources.blockIO.weight")?;
-                // blkio weight [10, 1000] -> io weight [1, 10000].
-                let weight = 1 + (u64::from(weight).clamp(10, 1000) - 10) * 9999 / 990;
-                write_file(&dir.join("io.weight"), &format!("default {weight}"))?;
-            } else {
-                let dir = self.need("blkio", "resources.blockIO.weight")?;
-                write_file(&dir.join("blkio.weight"), &weight.to_string())?;
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<(), ContainerError> {
-        if self.is_v2() {
-            // v2 device control needs an eBPF program; not written yet.
-            tracing::warn!(
-                rules = rules.len(),
-                "device cgroup rules are NOT enforced on cgroup v2 (needs eBPF); the VM is the boundary"
-            );
-            return Ok(());
-        }
-        let dir = self.need("devices", "resources.devices")?;
-        for rule in rules {
-            let kind = rule
-                .typ()
-                .map(|t| t.as_str().to_string())
-                .unwrap_or_else(|| "a".into());
-            let number = |n: Option<i64>| {
-                n.filter(|n| *n >= 0)
-                    .map_or("*".to_string(), |n| n.to_string())
-            };
-            let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
-            if access.chars().any(|c| !"rwm".contains(c)) {
-                return Err(ContainerError::InvalidSpec(format!(
-                    "device rule access {access:?}"
-                )));
-            }
-            let line = if kind == "a" {
-                "a".to_string()
-            } else {
-                format!(
-                    "{kind} {}:{} {access}",
-                    number(rule.major()),
-                    number(rule.minor())
-                )
-            };
-            let file = if rule.allow() {
-                "devices.allow"
-            } else {
-                "devices.deny"
-            };
-            write_file(&dir.join(file), &line)?;
-        }
-        // The nodes the engine itself creates stay usable, as runc does.
-        for line in DEFAULT_ALLOWED_DEVICES {
-            write_file(&dir.join("devices.allow"), line)?;
-        }
-        Ok(())
-    }
-
     /// Reads the container's usage counters.
     pub fn stats(&self) -> Result<ContainerStats, ContainerError> {
         let mut stats = ContainerStats::default();
         if self.is_v2() {
-            let dir = &self.dirs[0].1;
-            let cpu = read_file(&dir.join("cpu.stat"))?;
-            stats.cpu_usage_ns = keyed_value(&cpu, "usage_usec").unwrap_or(0) * 1000;
-            stats.memory_usage_bytes = read_u64(&dir.join("memory.current"))?;
-            let max = read_file(&dir.join("memory.max"))?;
-            stats.memory_limit_bytes = max.trim().parse().ok();
-            stats.pids_current = read_u64(&dir.join("pids.current"))?;
-            if let Ok(io) = fs::read_to_string(dir.join("io.stat")) {
-                for word in io.split_whitespace() {
-                    if let Some(v) = word.strip_prefix("rbytes=") {
-                        stats.io_read_bytes += v.parse().unwrap_or(0);
-                    } else if let Some(v) = word.strip_prefix("wbytes=") {
-                        stats.io_write_bytes += v.parse().unwrap_or(0);
-                    }
-                }
-            }
-            return Ok(stats);
+            return self.stats_v2();
         }
         if let Some(dir) = self.dir("cpuacct") {
             stats.cpu_usage_ns = read_u64(&dir.join("cpuacct.usage"))?;
@@ -511,6 +236,61 @@ impl Cgroup {
             }
         }
         Ok(stats)
+    }
+
+    /// v2 stats. Files of controllers the hierarchy does not delegate are
+    /// absent; their counters read as zero (stats inform, they limit nothing).
+    fn stats_v2(&self) -> Result<ContainerStats, ContainerError> {
+        let dir = &self.dirs[0].1;
+        let optional = |name: &str| fs::read_to_string(dir.join(name)).ok();
+        let cpu = read_file(&dir.join("cpu.stat"))?;
+        let mut stats = ContainerStats {
+            cpu_usage_ns: keyed_value(&cpu, "usage_usec").unwrap_or(0) * 1000,
+            ..ContainerStats::default()
+        };
+        let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+        stats.memory_usage_bytes = number(optional("memory.current")).unwrap_or(0);
+        stats.memory_limit_bytes = number(optional("memory.max"));
+        stats.pids_current = number(optional("pids.current")).unwrap_or(0);
+        for word in optional("io.stat").unwrap_or_default().split_whitespace() {
+            if let Some(v) = word.strip_prefix("rbytes=") {
+                stats.io_read_bytes += v.parse().unwrap_or(0);
+            } else if let Some(v) = word.strip_prefix("wbytes=") {
+                stats.io_write_bytes += v.parse().unwrap_or(0);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Freezes (true) or thaws (false) every process, and waits until the
+    /// kernel reports the cgroup in that state.
+    pub fn freeze(&self, frozen: bool) -> Result<(), ContainerError> {
+        let (file, value, report) = if self.is_v2() {
+            let dir = &self.dirs[0].1;
+            let value = if frozen { "1" } else { "0" };
+            (dir.join("cgroup.freeze"), value, dir.join("cgroup.events"))
+        } else {
+            let file = self.need("freezer", "pause/resume")?.join("freezer.state");
+            let value = if frozen { "FROZEN" } else { "THAWED" };
+            (file.clone(), value, file)
+        };
+        write_file(&file, value)?;
+        for _ in 0..2000 {
+            let text = read_file(&report)?;
+            let reached = if self.is_v2() {
+                keyed_value(&text, "frozen") == Some(u64::from(frozen))
+            } else {
+                text.trim() == value
+            };
+            if reached {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(ContainerError::Busy(format!(
+            "{} did not reach {value}",
+            report.display()
+        )))
     }
 
     /// SIGKILLs every process in the cgroup until it is empty.

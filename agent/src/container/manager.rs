@@ -4,24 +4,43 @@
 //! processes), so a failed call leaves nothing behind.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use super::cgroup::{Cgroup, CgroupVersion, ContainerStats};
+use super::handle::ProcessHandle;
+use super::namespaces::{exec_namespaces, init_namespaces};
 use super::oom::{self, OomEvents};
 use super::process::ProcessPlan;
 use super::rootfs::RootfsPlan;
 use super::spawn::{self, InitPlan, NamespacePlan, SpawnPlan};
-use super::stdio::{Stdio, Stream};
+use super::stdio::Stream;
 use super::ContainerError;
 use crate::reaper::Reaper;
+
+/// Where a process is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessStatus {
+    /// The init is set up and waits for `start`.
+    Created,
+    Running,
+    /// Frozen by `pause`.
+    Paused,
+    Stopped,
+}
+
+/// What `state` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessState {
+    pub pid: u32,
+    pub status: ProcessStatus,
+    /// Set once the process has exited (and been reaped).
+    pub exit_code: Option<i32>,
+}
 
 /// How the engine is set up.
 pub struct EngineConfig {
@@ -31,36 +50,11 @@ pub struct EngineConfig {
     pub reaper: Arc<Reaper>,
 }
 
-/// One process of a container (its init or an exec).
-struct ProcessHandle {
-    pid: i32,
-    stdio: Stdio,
-    /// The control channel while the init waits for `start`.
-    control: Mutex<Option<OwnedFd>>,
-    exit: Mutex<Option<i32>>,
-    exited: Condvar,
-}
-
-impl ProcessHandle {
-    fn exit_code(&self) -> Option<i32> {
-        *self.exit.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wait(&self) -> i32 {
-        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(code) = *exit {
-                return code;
-            }
-            exit = self.exited.wait(exit).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum State {
     Created,
     Running,
+    Paused,
     StartFailed,
 }
 
@@ -69,6 +63,8 @@ struct Container {
     cgroup: Cgroup,
     init: Arc<ProcessHandle>,
     execs: Mutex<HashMap<String, Arc<ProcessHandle>>>,
+    /// Exec ids being spawned (reserved, not yet in `execs`).
+    pending_execs: Mutex<HashSet<String>>,
     state: Mutex<State>,
 }
 
@@ -97,99 +93,6 @@ fn check_id(id: &str) -> Result<(), ContainerError> {
     }
 }
 
-fn namespace_flag(kind: LinuxNamespaceType) -> Result<CloneFlags, ContainerError> {
-    Ok(match kind {
-        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
-        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
-        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
-        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
-        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
-        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
-        LinuxNamespaceType::User | LinuxNamespaceType::Time => {
-            return Err(ContainerError::Unsupported(format!("{kind:?} namespaces")))
-        }
-    })
-}
-
-fn open_namespace(path: &Path) -> Result<OwnedFd, ContainerError> {
-    File::open(path)
-        .map(OwnedFd::from)
-        .map_err(|e| ContainerError::InvalidSpec(format!("namespace path {}: {e}", path.display())))
-}
-
-/// The namespaces a new container creates or joins, from its spec.
-fn init_namespaces(spec: &Spec) -> Result<NamespacePlan, ContainerError> {
-    let mut plan = NamespacePlan {
-        join: Vec::new(),
-        unshare: CloneFlags::empty(),
-        new_cgroup_ns: false,
-    };
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    for ns in &namespaces {
-        let flag = namespace_flag(ns.typ())?;
-        match ns.path() {
-            Some(_) if flag == CloneFlags::CLONE_NEWNS => {
-                return Err(ContainerError::Unsupported(
-                    "joining an existing mount namespace".into(),
-                ))
-            }
-            Some(path) => plan.join.push((open_namespace(path)?, flag)),
-            None if flag == CloneFlags::CLONE_NEWCGROUP => plan.new_cgroup_ns = true,
-            None => plan.unshare |= flag,
-        }
-    }
-    if !plan.unshare.contains(CloneFlags::CLONE_NEWNS) {
-        return Err(ContainerError::InvalidSpec(
-            "linux.namespaces must create a mount namespace".into(),
-        ));
-    }
-    if spec.hostname().is_some() && !plan.unshare.contains(CloneFlags::CLONE_NEWUTS) {
-        return Err(ContainerError::InvalidSpec(
-            "hostname needs a new uts namespace".into(),
-        ));
-    }
-    Ok(plan)
-}
-
-/// The namespaces an exec joins: the container init's.
-fn exec_namespaces(spec: &Spec, init_pid: i32) -> Result<NamespacePlan, ContainerError> {
-    let mut plan = NamespacePlan {
-        join: Vec::new(),
-        unshare: CloneFlags::empty(),
-        new_cgroup_ns: false,
-    };
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    // The mount namespace last: after it, /proc is the container's.
-    for (kind, name) in [
-        (LinuxNamespaceType::Ipc, "ipc"),
-        (LinuxNamespaceType::Uts, "uts"),
-        (LinuxNamespaceType::Network, "net"),
-        (LinuxNamespaceType::Pid, "pid"),
-        (LinuxNamespaceType::Cgroup, "cgroup"),
-        (LinuxNamespaceType::Mount, "mnt"),
-    ] {
-        if namespaces.iter().any(|ns| ns.typ() == kind) {
-            let path = format!("/proc/{init_pid}/ns/{name}");
-            let fd = File::open(&path)
-                .map(OwnedFd::from)
-                .map_err(|e| ContainerError::Io {
-                    what: format!("opening {path}"),
-                    source: e,
-                })?;
-            plan.join.push((fd, namespace_flag(kind)?));
-        }
-    }
-    Ok(plan)
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     what: &str,
@@ -200,18 +103,25 @@ fn parse_json<T: serde::de::DeserializeOwned>(
 impl ContainerManager {
     /// Detects the cgroup layout; creates nothing yet.
     pub fn new(cfg: EngineConfig) -> Result<Self, ContainerError> {
-        if cfg.cgroup_parent.is_empty()
-            || cfg
-                .cgroup_parent
-                .split('/')
-                .any(|p| p.is_empty() || p == "..")
-        {
+        Self::with_cgroup_version(cfg, CgroupVersion::detect()?)
+    }
+
+    fn check_parent(parent: &str) -> Result<(), ContainerError> {
+        if parent.is_empty() || parent.split('/').any(|p| p.is_empty() || p == "..") {
             return Err(ContainerError::InvalidSpec(format!(
-                "cgroup parent {:?}",
-                cfg.cgroup_parent
+                "cgroup parent {parent:?}"
             )));
         }
-        let cgroup_version = CgroupVersion::detect()?;
+        Ok(())
+    }
+
+    /// Like `new`, with the cgroup layout given instead of detected (tests
+    /// use it to drive a cgroup2 hierarchy on a v1 host).
+    pub fn with_cgroup_version(
+        cfg: EngineConfig,
+        cgroup_version: CgroupVersion,
+    ) -> Result<Self, ContainerError> {
+        Self::check_parent(&cfg.cgroup_parent)?;
         tracing::info!(?cgroup_version, "container engine ready");
         Ok(ContainerManager {
             cgroup_version,
@@ -223,7 +133,7 @@ impl ContainerManager {
         })
     }
 
-    /// The cgroup layout found at start.
+    /// The cgroup layout in use.
     pub fn cgroup_version(&self) -> &CgroupVersion {
         &self.cgroup_version
     }
@@ -301,6 +211,12 @@ impl ContainerManager {
         rootfs: &Path,
         terminal: bool,
     ) -> Result<Arc<Container>, ContainerError> {
+        if spec.hooks().is_some() {
+            tracing::warn!(
+                container = id,
+                "the spec's hooks are not run inside the guest"
+            );
+        }
         let process = spec
             .process()
             .clone()
@@ -316,6 +232,7 @@ impl ContainerManager {
                 cgroup,
                 init,
                 execs: Mutex::new(HashMap::new()),
+                pending_execs: Mutex::new(HashSet::new()),
                 state: Mutex::new(State::Created),
             })),
             Err(e) => {
@@ -350,10 +267,15 @@ impl ContainerManager {
             process,
         };
         let spawned = spawn::spawn(&plan, cgroup, &self.reaper)?;
-        let handle = self.track(spawned.pid, spawned.stdio, Some(spawned.control));
+        let handle = ProcessHandle::track(
+            &self.reaper,
+            spawned.pid,
+            spawned.stdio,
+            Some(spawned.control),
+        )?;
         if let Some(dir) = cgroup.memory_dir() {
             if let Err(e) = oom::watch(Arc::clone(&self.oom), id, dir, cgroup.is_v2()) {
-                spawn::kill_tracked(handle.pid);
+                handle.kill();
                 handle.wait();
                 return Err(e);
             }
@@ -362,34 +284,17 @@ impl ContainerManager {
         Ok(handle)
     }
 
-    /// Starts following a process's exit status on a thread of its own.
-    fn track(&self, pid: i32, stdio: Stdio, control: Option<OwnedFd>) -> Arc<ProcessHandle> {
-        let handle = Arc::new(ProcessHandle {
-            pid,
-            stdio,
-            control: Mutex::new(control),
-            exit: Mutex::new(None),
-            exited: Condvar::new(),
-        });
-        let watcher = Arc::clone(&handle);
-        let reaper = Arc::clone(&self.reaper);
-        std::thread::Builder::new()
-            .name(format!("wait-{pid}"))
-            .spawn(move || {
-                let code = reaper.wait(watcher.pid).code();
-                *watcher.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(code);
-                watcher.exited.notify_all();
-            })
-            .expect("spawning a process waiter thread");
-        handle
-    }
-
     /// Lets the container's init exec its program.
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
         let container = self.container(id)?;
         let mut state = container.state.lock().unwrap_or_else(|e| e.into_inner());
         if *state != State::Created {
             return Err(ContainerError::AlreadyStarted(id.to_string()));
+        }
+        if container.init.exit_code().is_some() {
+            return Err(ContainerError::NotRunning(format!(
+                "the init of container {id:?}"
+            )));
         }
         let control = container
             .init
@@ -437,13 +342,38 @@ impl ContainerManager {
         {
             return Err(ContainerError::NotRunning(format!("container {id:?}")));
         }
-        let mut execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
-        if execs.contains_key(exec_id) {
-            return Err(ContainerError::ExecAlreadyExists {
-                id: id.into(),
-                exec_id: exec_id.into(),
-            });
+        {
+            let execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = container
+                .pending_execs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if execs.contains_key(exec_id) || !pending.insert(exec_id.to_string()) {
+                return Err(ContainerError::ExecAlreadyExists {
+                    id: id.into(),
+                    exec_id: exec_id.into(),
+                });
+            }
         }
+        // Spawning can take a while; other calls on this container go on.
+        let result = self.spawn_exec(&container, process);
+        let mut execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
+        container
+            .pending_execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(exec_id);
+        let handle = result?;
+        execs.insert(exec_id.to_string(), Arc::clone(&handle));
+        tracing::info!(container = id, exec_id, pid = handle.pid, "exec started");
+        Ok(handle.pid as u32)
+    }
+
+    fn spawn_exec(
+        &self,
+        container: &Container,
+        process: ProcessPlan,
+    ) -> Result<Arc<ProcessHandle>, ContainerError> {
         let namespaces = exec_namespaces(&container.spec, container.init.pid)?;
         let plan = SpawnPlan {
             namespaces,
@@ -451,11 +381,9 @@ impl ContainerManager {
             process,
         };
         let spawned = spawn::spawn(&plan, &container.cgroup, &self.reaper)?;
-        let handle = self.track(spawned.pid, spawned.stdio, None);
+        let handle = ProcessHandle::track(&self.reaper, spawned.pid, spawned.stdio, None)?;
         spawn::await_exec(&spawned.control)?;
-        execs.insert(exec_id.to_string(), Arc::clone(&handle));
-        tracing::info!(container = id, exec_id, pid = handle.pid, "exec started");
-        Ok(handle.pid as u32)
+        Ok(handle)
     }
 
     /// Sends `signal` to the init (exec_id None) or to one exec.
@@ -552,15 +480,77 @@ impl ContainerManager {
         self.container(id)?.cgroup.pids()
     }
 
+    /// Where the init (exec_id None) or an exec is in its life.
+    pub fn state(&self, id: &str, exec_id: Option<&str>) -> Result<ProcessState, ContainerError> {
+        let container = self.container(id)?;
+        let process = self.process(id, exec_id)?;
+        let exit_code = process.exit_code();
+        let state = *container.state.lock().unwrap_or_else(|e| e.into_inner());
+        let status = match (exit_code, state) {
+            (Some(_), _) | (None, State::StartFailed) => ProcessStatus::Stopped,
+            (None, State::Paused) => ProcessStatus::Paused,
+            (None, State::Created) if exec_id.is_none() => ProcessStatus::Created,
+            (None, _) => ProcessStatus::Running,
+        };
+        Ok(ProcessState {
+            pid: process.pid as u32,
+            status,
+            exit_code,
+        })
+    }
+
+    /// Forgets an exec that has exited; returns its exit code.
+    pub fn delete_exec(&self, id: &str, exec_id: &str) -> Result<i32, ContainerError> {
+        let container = self.container(id)?;
+        let mut execs = container.execs.lock().unwrap_or_else(|e| e.into_inner());
+        let process = execs
+            .get(exec_id)
+            .ok_or_else(|| ContainerError::ExecNotFound {
+                id: id.into(),
+                exec_id: exec_id.into(),
+            })?;
+        let code = process.exit_code().ok_or_else(|| {
+            ContainerError::Busy(format!("exec {exec_id:?} of {id:?} is still running"))
+        })?;
+        execs.remove(exec_id);
+        Ok(code)
+    }
+
+    /// Freezes every process of a running container.
+    pub fn pause(&self, id: &str) -> Result<(), ContainerError> {
+        self.set_paused(id, State::Running, State::Paused)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<(), ContainerError> {
+        self.set_paused(id, State::Paused, State::Running)
+    }
+
+    fn set_paused(&self, id: &str, from: State, to: State) -> Result<(), ContainerError> {
+        let container = self.container(id)?;
+        let mut state = container.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *state != from || container.init.exit_code().is_some() {
+            return Err(ContainerError::NotRunning(format!(
+                "container {id:?} ({:?})",
+                *state
+            )));
+        }
+        container.cgroup.freeze(to == State::Paused)?;
+        *state = to;
+        Ok(())
+    }
+
     /// Kills whatever still runs, waits for the processes, removes the
     /// cgroup and forgets the container. The container's mounts live only in
     /// its mount namespace, which goes away with its last process.
     pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
         let container = self.container(id)?;
-        container.cgroup.kill_all()?;
-        if container.init.exit_code().is_none() {
-            spawn::kill_tracked(container.init.pid);
+        if *container.state.lock().unwrap_or_else(|e| e.into_inner()) == State::Paused {
+            // v1 frozen tasks do not even die of SIGKILL.
+            container.cgroup.freeze(false)?;
         }
+        container.cgroup.kill_all()?;
+        container.init.kill();
         container.init.wait();
         let execs: Vec<_> = container
             .execs

@@ -4,7 +4,9 @@
 //! exec's) in the agent, where errors can be reported properly; the child then
 //! applies the plan right before execve: rlimits, oom_score_adj, groups and
 //! ids, capabilities, working directory, no_new_privs, seccomp, in the order
-//! runc uses (seccomp last so the setup syscalls are not filtered).
+//! runc uses. Seccomp goes last so the setup syscalls are not filtered, except
+//! without no_new_privs: then installing a filter needs CAP_SYS_ADMIN, which
+//! the capability drop may remove, so (like runc) it is installed first.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -46,6 +48,10 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
     pub seccomp: Vec<BpfProgram>,
     pub terminal: bool,
+    /// Initial terminal size (rows, cols).
+    pub console_size: Option<(u16, u16)>,
+    /// File mode creation mask; runc's default is 022.
+    pub umask: u32,
 }
 
 fn cstring(text: &str, field: &str) -> Result<CString, ContainerError> {
@@ -147,6 +153,11 @@ impl ProcessPlan {
             oom_score_adj: process.oom_score_adj(),
             seccomp,
             terminal,
+            console_size: process.console_size().map(|b| {
+                let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+                (clamp(b.height()), clamp(b.width()))
+            }),
+            umask: process.user().umask().unwrap_or(0o022) & 0o777,
         })
     }
 }
@@ -228,8 +239,19 @@ fn resolve_program(plan: &ProcessPlan) -> ChildResult<CString> {
     Err(format!("executable {:?} not found in PATH", name))
 }
 
+fn install_seccomp(plan: &ProcessPlan) -> ChildResult<()> {
+    for filter in &plan.seccomp {
+        seccomp::install(filter).map_err(|e| format!("installing the seccomp filter: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Applies everything but the exec itself; returns the program to exec.
 pub fn apply(plan: &ProcessPlan) -> ChildResult<CString> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
+    if !plan.no_new_privileges {
+        install_seccomp(plan)?;
+    }
     for (kind, soft, hard) in &plan.rlimits {
         nix::sys::resource::setrlimit(rlimit_resource(*kind), *soft, *hard)
             .map_err(|e| format!("setrlimit {kind:?}: {e}"))?;
@@ -261,9 +283,9 @@ pub fn apply(plan: &ProcessPlan) -> ChildResult<CString> {
 
 /// Installs seccomp and execs. Returns only on failure.
 pub fn exec(plan: &ProcessPlan, program: &CString) -> String {
-    for filter in &plan.seccomp {
-        if let Err(e) = seccomp::install(filter) {
-            return format!("installing the seccomp filter: {e}");
+    if plan.no_new_privileges {
+        if let Err(text) = install_seccomp(plan) {
+            return text;
         }
     }
     match nix::unistd::execve(program, &plan.argv, &plan.env) {

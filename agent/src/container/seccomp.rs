@@ -138,6 +138,23 @@ fn compile(
     BpfProgram::try_from(filter).map_err(|e| invalid(format!("{e}")))
 }
 
+/// A program that fails every x32-ABI syscall (numbers with bit 30 set)
+/// with ENOSYS. seccompiler's rules match x86-64 numbers only, so without
+/// it a denied syscall could be reached through its x32 number where the
+/// kernel has x32 enabled; libseccomp likewise treats x32 as another arch.
+fn x32_guard() -> BpfProgram {
+    const LOAD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS, offset 0 = nr
+    const JGE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    let insn = |code, jt, jf, k| seccompiler::sock_filter { code, jt, jf, k };
+    vec![
+        insn(LOAD_NR, 0, 0, 0),
+        insn(JGE, 0, 1, 0x4000_0000),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        insn(RET, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
 /// Compiles the profile into the BPF programs to install, in order.
 pub fn compile_profile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, ContainerError> {
     if !cfg!(target_arch = "x86_64") {
@@ -180,6 +197,9 @@ pub fn compile_profile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>, Contai
     for (group_action, rules) in by_action {
         programs.push(compile(rules, SeccompAction::Allow, group_action)?);
     }
+    if !programs.is_empty() {
+        programs.push(x32_guard());
+    }
     Ok(programs)
 }
 
@@ -221,7 +241,8 @@ mod tests {
             r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[
                 {"names":["read","write","no_such_call_xyz"],"action":"SCMP_ACT_ALLOW"}]}"#,
         );
-        assert_eq!(compile_profile(&p).unwrap().len(), 1);
+        // The profile's program and the x32 guard.
+        assert_eq!(compile_profile(&p).unwrap().len(), 2);
     }
 
     #[test]
@@ -233,7 +254,9 @@ mod tests {
                 {"names":["personality"],"action":"SCMP_ACT_ERRNO","errnoRet":1,
                  "args":[{"index":0,"value":8,"op":"SCMP_CMP_EQ"}]}]}"#,
         );
-        assert_eq!(compile_profile(&p).unwrap().len(), 2);
+        assert_eq!(compile_profile(&p).unwrap().len(), 3);
+        let allow_all = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#);
+        assert!(compile_profile(&allow_all).unwrap().is_empty());
     }
 
     #[test]

@@ -161,11 +161,6 @@ pub fn kill_and_reap(pid: i32, reaper: &Reaper) {
     reaper.wait(pid);
 }
 
-/// Kills a process whose status its waiter thread collects.
-pub fn kill_tracked(pid: i32) {
-    let _ = signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-}
-
 /// Waits for the exec to happen: EOF on the channel, or the child's error.
 pub fn await_exec(control: &OwnedFd) -> Result<(), ContainerError> {
     match channel::receive(control) {
@@ -280,7 +275,7 @@ fn setup_and_exec(
             }
             None
         }
-        None => Some(open_terminal()?),
+        None => Some(open_terminal(plan.process.console_size)?),
     };
     let program = process::apply(&plan.process)?;
     channel::send(
@@ -310,7 +305,7 @@ fn reset_signals() -> ChildResult<()> {
 
 /// Opens a pty in the container's devpts, makes it the controlling terminal
 /// and the standard streams; returns the master for the agent.
-fn open_terminal() -> ChildResult<OwnedFd> {
+fn open_terminal(size: Option<(u16, u16)>) -> ChildResult<OwnedFd> {
     use nix::fcntl::OFlag;
     let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("opening /dev/ptmx: {e}"))?;
@@ -323,6 +318,10 @@ fn open_terminal() -> ChildResult<OwnedFd> {
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| format!("opening {name}: {e}"))?;
+    if let Some((rows, cols)) = size {
+        super::stdio::set_size(slave.as_raw_fd(), rows, cols)
+            .map_err(|e| format!("TIOCSWINSZ: {e}"))?;
+    }
     // SAFETY: TIOCSCTTY on a terminal we just opened; we are a session leader.
     if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
         return Err(format!("TIOCSCTTY: {}", std::io::Error::last_os_error()));

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use super::ContainerError;
@@ -44,6 +44,18 @@ pub enum Stdio {
 const VEOF: u8 = 4;
 
 nix::ioctl_write_ptr_bad!(set_window_size, libc::TIOCSWINSZ, libc::winsize);
+
+/// Sets the window size of the terminal behind `fd`.
+pub fn set_size(fd: RawFd, rows: u16, cols: u16) -> nix::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    unsafe { set_window_size(fd, &size) }.map(|_| ())
+}
 
 impl Stdio {
     /// Three close-on-exec pipes: the agent's ends and the child's ends.
@@ -134,18 +146,9 @@ impl Stdio {
         let Stdio::Terminal { master } = self else {
             return Err(ContainerError::NoTerminal);
         };
-        let size = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
-        unsafe { set_window_size(std::os::fd::AsRawFd::as_raw_fd(master), &size) }
-            .map(|_| ())
-            .map_err(|e| ContainerError::Io {
-                what: "resizing the terminal".into(),
-                source: e.into(),
-            })
+        set_size(master.as_raw_fd(), rows, cols).map_err(|e| ContainerError::Io {
+            what: "resizing the terminal".into(),
+            source: e.into(),
+        })
     }
 }

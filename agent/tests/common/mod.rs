@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_agent::container::{ContainerError, ContainerManager, EngineConfig};
+use husk_agent::container::{CgroupVersion, ContainerError, ContainerManager, EngineConfig};
 use husk_agent::reaper::Reaper;
 use serde_json::{json, Value};
 
@@ -17,6 +17,9 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "ls", "ps", "sleep", "tty", "stty", "test", "[", "head", "tail", "dd",
     "true", "false", "id", "hostname", "pwd", "mkdir", "grep", "wc", "env", "kill",
 ];
+
+/// Where a hybrid host mounts its cgroup2 hierarchy.
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
 /// The busybox-static binary the tests put into their rootfs.
 const BUSYBOX: &str = "/bin/busybox";
@@ -50,29 +53,76 @@ impl Fixture {
         if !can_run(test) {
             return None;
         }
+        Some(Fixture::with_engine(test, ContainerManager::new))
+    }
+
+    /// Like `new`, but on the cgroup2 hierarchy a hybrid host mounts at
+    /// /sys/fs/cgroup/unified (it holds no controllers). None, after saying
+    /// why, when there is no such hierarchy.
+    pub fn with_cgroup2(test: &str) -> Option<Fixture> {
+        if !can_run(test) {
+            return None;
+        }
+        let unified = Path::new(UNIFIED);
+        let magic = nix::sys::statfs::statfs(unified).map(|s| s.filesystem_type());
+        if magic != Ok(nix::sys::statfs::CGROUP2_SUPER_MAGIC) {
+            eprintln!("SKIP {test}: no cgroup2 hierarchy at {UNIFIED}");
+            return None;
+        }
+        let v2 = CgroupVersion::V2(unified.to_path_buf());
+        Some(Fixture::with_engine(test, |cfg| {
+            ContainerManager::with_cgroup_version(cfg, v2)
+        }))
+    }
+
+    fn with_engine(
+        test: &str,
+        make: impl FnOnce(EngineConfig) -> Result<ContainerManager, ContainerError>,
+    ) -> Fixture {
         let parent = format!("husk-test-{}-{test}", std::process::id());
-        let engine = ContainerManager::new(EngineConfig {
+        let cfg = EngineConfig {
             cgroup_parent: parent.clone(),
             reaper: Reaper::start(),
-        })
-        .expect("engine starts");
-        Some(Fixture {
+        };
+        let engine = make(cfg).expect("engine starts");
+        Fixture {
             engine,
             rootfs: busybox_rootfs(),
             parent,
-        })
+        }
+    }
+
+    /// Creates and starts container `id` without a terminal; returns the
+    /// init's pid.
+    pub fn start(&self, id: &str, spec: &Value) -> u32 {
+        let pid = self
+            .engine
+            .create(id, &bytes(spec), self.rootfs.path(), false)
+            .expect("create");
+        self.engine.start(id).expect("start");
+        pid
     }
 
     /// The container's cgroup directories on this host, whichever version.
     pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
         let root = Path::new("/sys/fs/cgroup");
-        let mut dirs = vec![root.join(&self.parent).join(id)];
+        let unified = Path::new(UNIFIED).join(&self.parent).join(id);
+        let mut dirs = vec![root.join(&self.parent).join(id), unified];
         for ctrl in [
             "memory", "cpu", "cpuacct", "pids", "blkio", "devices", "freezer",
         ] {
             dirs.push(root.join(ctrl).join(&self.parent).join(id));
         }
         dirs
+    }
+
+    /// A file of the container's cgroup in a v1 controller's hierarchy.
+    pub fn v1_file(&self, id: &str, controller: &str, file: &str) -> String {
+        let dir = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&self.parent)
+            .join(id);
+        std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
     }
 
     /// Asserts that nothing of container `id` is left: no cgroup directory,
