@@ -1,8 +1,9 @@
 //! PID-1 duties of husk-agent in the guest: the kernel starts it with nothing
-//! mounted, so it mounts the pseudo filesystems containers and the engine
-//! rely on, turns on the cgroup v2 controllers, starts the child reaper, and
-//! powers the guest off on a fatal error so the host sees the guest end
-//! instead of a kernel panic ("attempted to kill init").
+//! mounted, so it moves off the initramfs root mount (see
+//! [`leave_initramfs_root`]), mounts the pseudo filesystems containers and
+//! the engine rely on, turns on the cgroup v2 controllers, and powers the
+//! guest off on a fatal error so the host sees the guest end instead of a
+//! kernel panic ("attempted to kill init"). The binary starts the reaper.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,11 @@ pub enum InitError {
         fstype: &'static str,
         path: PathBuf,
         source: nix::Error,
+    },
+    #[error("moving off the initramfs root: {step}: {source}")]
+    LeaveInitramfs {
+        step: &'static str,
+        source: std::io::Error,
     },
     #[error("reading {path}: {source}")]
     ReadControllers {
@@ -99,6 +105,7 @@ pub fn is_pid1() -> bool {
 /// Mounts /proc, /sys, /dev, /dev/pts, /run and cgroup2, then enables every
 /// available cgroup controller for the containers below the root.
 pub fn setup_guest() -> Result<(), InitError> {
+    leave_initramfs_root()?;
     for m in PSEUDO_MOUNTS {
         mount_pseudo(m)?;
     }
@@ -109,6 +116,48 @@ pub fn setup_guest() -> Result<(), InitError> {
     }
     let enabled = enable_cgroup_controllers(Path::new(CGROUP_ROOT))?;
     tracing::info!(controllers = %enabled, "guest filesystems mounted, cgroup controllers enabled");
+    Ok(())
+}
+
+/// Where / is bound before it replaces the initramfs root.
+const BOUND_ROOT: &str = "/.husk-root";
+
+/// An initramfs is the kernel's `rootfs` mount, the one mount with no
+/// parent, and pivot_root(2) refuses to leave it (EINVAL), so no container
+/// could be set up. Binding / onto a folder, moving that bind mount over /
+/// and chrooting into it (switch_root without the copy) gives the agent a
+/// root mount that has a parent. Other roots (a pmem or disk image) are kept.
+fn leave_initramfs_root() -> Result<(), InitError> {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    // linux/magic.h; libc does not export it.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let step = |step| {
+        move |e: nix::Error| InitError::LeaveInitramfs {
+            step,
+            source: e.into(),
+        }
+    };
+    let kind = statfs("/").map_err(step("statfs /"))?.filesystem_type();
+    if kind != RAMFS_MAGIC && kind != TMPFS_MAGIC {
+        return Ok(());
+    }
+    let none: Option<&str> = None;
+    if let Err(source) = std::fs::create_dir(BOUND_ROOT) {
+        if source.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(InitError::LeaveInitramfs {
+                step: "mkdir",
+                source,
+            });
+        }
+    }
+    mount(Some("/"), BOUND_ROOT, none, MsFlags::MS_BIND, none).map_err(step("bind /"))?;
+    nix::unistd::chdir(BOUND_ROOT).map_err(step("chdir"))?;
+    mount(Some("."), "/", none, MsFlags::MS_MOVE, none).map_err(step("move onto /"))?;
+    nix::unistd::chroot(".").map_err(step("chroot"))?;
+    nix::unistd::chdir("/").map_err(step("chdir /"))?;
+    // The bind shows the (now unused) mount point too; tidy it away.
+    let _ = std::fs::remove_dir(BOUND_ROOT);
+    tracing::info!("initramfs root: re-rooted on a bind mount so containers can pivot_root");
     Ok(())
 }
 
