@@ -2,18 +2,22 @@
 //!
 //! One thread per container blocks on the kernel's notification: on v1 an
 //! eventfd registered through cgroup.event_control for memory.oom_control, on
-//! v2 inotify on memory.events (whose oom_kill counter is compared). Both
-//! also fire when the cgroup is removed; then the files are gone and the
-//! thread ends. Events queue up for `ContainerManager::next_oom_event`.
+//! v2 poll(POLLPRI) on memory.events (whose oom_kill counter is compared):
+//! kernfs wakes pollers when the file changes, and unlike inotify this needs
+//! no CONFIG_INOTIFY_USER, which husk's guest kernel does not have. The v1
+//! eventfd fires when the cgroup is removed; the v2 poll also wakes up every
+//! few seconds to notice that. Then the files are gone and the thread ends.
+//! Events queue up for `ContainerManager::next_oom_event`.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::cgroup::keyed_value;
 use super::ContainerError;
@@ -75,13 +79,9 @@ pub fn watch(
     let id = id.to_string();
     let dir = memory_dir.to_path_buf();
     if v2 {
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC)
-            .map_err(|e| io_error("inotify".into())(e.into()))?;
-        let file = dir.join("memory.events");
-        inotify
-            .add_watch(&file, AddWatchFlags::IN_MODIFY)
-            .map_err(|e| io_error(format!("watching {}", file.display()))(e.into()))?;
-        spawn_thread(&name, move || watch_v2(&events, &id, &file, inotify))
+        let path = dir.join("memory.events");
+        let file = File::open(&path).map_err(io_error(format!("opening {}", path.display())))?;
+        spawn_thread(&name, move || watch_v2(&events, &id, file))
     } else {
         let eventfd = nix::sys::eventfd::EventFd::from_value_and_flags(
             0,
@@ -128,19 +128,27 @@ fn watch_v1(
     }
 }
 
-fn watch_v2(events: &OomEvents, id: &str, file: &Path, inotify: Inotify) {
+/// How often the v2 watcher wakes up without an event, to notice a removed
+/// cgroup (kernfs does not wake pollers when a file goes away).
+const V2_RECHECK_MS: u16 = 5000;
+
+fn watch_v2(events: &OomEvents, id: &str, mut file: File) {
     let mut seen = 0;
     loop {
-        let Ok(text) = fs::read_to_string(file) else {
+        // Reading (from the start) also re-arms kernfs's change notification.
+        let mut text = String::new();
+        if file.seek(SeekFrom::Start(0)).is_err() || file.read_to_string(&mut text).is_err() {
             return;
-        };
+        }
         let kills = keyed_value(&text, "oom_kill").unwrap_or(0);
         if kills > seen {
             seen = kills;
             events.push(id);
         }
-        if inotify.read_events().is_err() {
-            return;
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
+        match poll(&mut fds, PollTimeout::from(V2_RECHECK_MS)) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return,
         }
     }
 }
