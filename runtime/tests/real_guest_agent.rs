@@ -1,8 +1,9 @@
 //! husk-agent as the real guest's PID 1: boot it under `husk vm` with the
 //! vsock device, reach it through the device's Unix socket with the runtime's
-//! agent client (CONNECT handshake + ttrpc), and check what it reports
-//! against what the guest kernel printed. One boot for every assertion:
-//! boots are slow on software KVM.
+//! agent client (CONNECT handshake + ttrpc), check what it reports against
+//! what the guest kernel printed, then run a busybox container from the
+//! rootfs carried in the initramfs and check its output and exit code. One
+//! boot for every assertion: boots are slow on software KVM.
 
 mod common;
 
@@ -69,9 +70,13 @@ impl Drop for AgentGuest {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            let console = std::fs::read_to_string(&self.console).unwrap_or_default();
+            let lines: Vec<&str> = console.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            eprintln!("guest console (last lines):\n{tail}");
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -101,6 +106,93 @@ fn assert_guest_answers(client: &AgentServiceClient, console: &str) {
     assert_eq!(details.agent_version, env!("CARGO_PKG_VERSION"));
 }
 
+/// The busybox rootfs ci/guest-assets.sh puts into the agent's initramfs.
+const GUEST_ROOTFS: &str = "/containers/busybox/rootfs";
+
+/// A minimal OCI spec: `args` as root in new pid/mount/ipc/uts namespaces.
+fn spec(args: &str) -> Vec<u8> {
+    format!(
+        r#"{{
+  "ociVersion": "1.0.2",
+  "process": {{ "user": {{ "uid": 0, "gid": 0 }}, "args": {args}, "env": ["PATH=/bin"], "cwd": "/" }},
+  "root": {{ "path": "rootfs" }},
+  "hostname": "busybox",
+  "mounts": [
+    {{ "destination": "/proc", "type": "proc", "source": "proc" }},
+    {{ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] }}
+  ],
+  "linux": {{ "namespaces": [{{ "type": "pid" }}, {{ "type": "mount" }}, {{ "type": "ipc" }}, {{ "type": "uts" }}] }}
+}}"#
+    )
+    .into_bytes()
+}
+
+/// Reads one stream of the container's init until EOF.
+fn read_to_end(client: &AgentServiceClient, id: &str, stderr: bool) -> String {
+    let req = agent::ReadStreamRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let r = if stderr {
+            client.read_stderr(ctx(), &req)
+        } else {
+            client.read_stdout(ctx(), &req)
+        };
+        let data = r.unwrap().data;
+        if data.is_empty() {
+            return String::from_utf8(out).unwrap();
+        }
+        out.extend(data);
+    }
+}
+
+/// CreateSandbox, then `sh -c 'echo hi; echo err >&2; exit 3'` in a container.
+fn run_echo_container(client: &AgentServiceClient) {
+    let sandbox = agent::CreateSandboxRequest {
+        sandbox_id: "pod".into(),
+        hostname: "husk-pod".into(),
+        ..Default::default()
+    };
+    client.create_sandbox(ctx(), &sandbox).unwrap();
+    let create = agent::CreateContainerRequest {
+        container_id: "echo".into(),
+        oci_spec: spec(r#"["sh", "-c", "echo hi; echo err >&2; exit 3"]"#),
+        rootfs: Some(agent::Rootfs {
+            path: GUEST_ROOTFS.into(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let pid = client.create_container(ctx(), &create).unwrap().pid;
+    assert!(pid > 1, "init pid {pid}");
+    let start = agent::StartContainerRequest {
+        container_id: "echo".into(),
+        ..Default::default()
+    };
+    client.start_container(ctx(), &start).unwrap();
+
+    let (c1, c2) = (client.clone(), client.clone());
+    let stdout = std::thread::spawn(move || read_to_end(&c1, "echo", false));
+    let stderr = std::thread::spawn(move || read_to_end(&c2, "echo", true));
+    let wait = agent::WaitProcessRequest {
+        container_id: "echo".into(),
+        ..Default::default()
+    };
+    let status = client.wait_process(ctx(), &wait).unwrap().exit_status;
+    assert_eq!(status, 3);
+    assert_eq!(stdout.join().unwrap(), "hi\n");
+    assert_eq!(stderr.join().unwrap(), "err\n");
+
+    let remove = agent::RemoveContainerRequest {
+        container_id: "echo".into(),
+        ..Default::default()
+    };
+    client.remove_container(ctx(), &remove).unwrap();
+}
+
 #[test]
 fn agent_as_pid1_answers_over_vsock() {
     if !kvm_or_skip("agent_as_pid1_answers_over_vsock") {
@@ -126,10 +218,14 @@ fn agent_as_pid1_answers_over_vsock() {
     let client = connect_agent(&guest.uds, AGENT_VSOCK_PORT, RPC_TIMEOUT).unwrap();
     assert_guest_answers(&client, &console);
     let answered = started.elapsed();
+    run_echo_container(&client);
+    let container_run = started.elapsed() - answered;
     eprintln!(
-        "real guest agent: serving after {:.1} s, Check+GetGuestDetails answered after {:.1} s",
+        "real guest agent: serving after {:.1} s, Check+GetGuestDetails answered after {:.1} s, \
+         echo container created, run, read, waited and removed in {:.1} s",
         serving.as_secs_f64(),
-        answered.as_secs_f64()
+        answered.as_secs_f64(),
+        container_run.as_secs_f64()
     );
 
     let console = std::fs::read_to_string(&guest.console).unwrap();
