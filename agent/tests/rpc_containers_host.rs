@@ -108,6 +108,42 @@ fn a_busybox_container_runs_and_reports_output_and_exit_code() {
     assert_eq!(code, Code::NOT_FOUND, "start after remove: {msg}");
 }
 
+/// Rootfs with a mount: the agent bind-mounts the rootfs at a new path,
+/// runs the container from there, and takes the mount and folder away again.
+#[test]
+fn a_rootfs_mount_is_made_for_the_container_and_removed_with_it() {
+    if !can_run("a_rootfs_mount_is_made_for_the_container_and_removed_with_it") {
+        return;
+    }
+    let agent = AgentProcess::start("ctr-mount");
+    let c = &agent.client;
+    create_sandbox(c);
+    let rootfs = busybox_rootfs();
+    let target = agent.dir.join("mnt");
+    let mut req = create_req("m1", &spec(&["sh", "-c", "exit 7"]), &target);
+    req.rootfs.mut_or_insert_default().source = rootfs.path().display().to_string();
+    req.rootfs.mut_or_insert_default().fstype = "none".into();
+    req.rootfs.mut_or_insert_default().options = vec!["bind".into()];
+    c.create_container(ctx(), &req).unwrap();
+    assert!(target.join("bin/busybox").exists(), "the rootfs is mounted");
+    c.start_container(ctx(), &start_req("m1")).unwrap();
+    assert_eq!(wait(c, "m1"), 7);
+    let remove = agent::RemoveContainerRequest {
+        container_id: "m1".into(),
+        ..Default::default()
+    };
+    c.remove_container(ctx(), &remove).unwrap();
+    assert!(!target.exists(), "mount and mount point are gone");
+
+    req.container_id = "m2".into();
+    req.rootfs.mut_or_insert_default().fstype = "no-such-fs".into();
+    req.rootfs.mut_or_insert_default().options.clear();
+    let (code, msg) = status_of(c.create_container(ctx(), &req));
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("no-such-fs"), "{msg}");
+    assert!(!target.exists(), "a failed mount leaves no mount point");
+}
+
 #[test]
 fn bad_container_requests_get_clear_statuses_and_leave_nothing() {
     if !can_run("bad_container_requests_get_clear_statuses_and_leave_nothing") {

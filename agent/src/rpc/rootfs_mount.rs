@@ -82,6 +82,8 @@ impl MountedRootfs {
 
 /// Splits mount(8)-style options into flags and the data string the
 /// filesystem parses ("ro,nosuid,size=1m" -> RDONLY|NOSUID, "size=1m").
+/// "bind"/"rbind" make a bind mount of a guest folder (fstype is then
+/// ignored by the kernel; "none" by convention).
 fn split_options(options: &[String]) -> (MsFlags, String) {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
@@ -94,6 +96,8 @@ fn split_options(options: &[String]) -> (MsFlags, String) {
             "noexec" => flags |= MsFlags::MS_NOEXEC,
             "noatime" => flags |= MsFlags::MS_NOATIME,
             "relatime" => flags |= MsFlags::MS_RELATIME,
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
             other => data.push(other),
         }
     }
@@ -109,6 +113,9 @@ mod tests {
         let (flags, data) = split_options(&["ro,nosuid".into(), "size=1m,mode=0755".into()]);
         assert_eq!(flags, MsFlags::MS_RDONLY | MsFlags::MS_NOSUID);
         assert_eq!(data, "size=1m,mode=0755");
+        let (flags, data) = split_options(&["rbind".into()]);
+        assert_eq!(flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(data, "");
         assert_eq!(split_options(&[]), (MsFlags::empty(), String::new()));
     }
 
