@@ -288,7 +288,7 @@ fn process_settings_from_the_spec_apply() {
     let id = "settings";
     let script = "id -u; id -G; umask; hostname; pwd; echo $FOO; \
                   mkdir /tmp/x 2>/dev/null || echo mkdir-denied; \
-                  ls /sys/fs/cgroup | grep -c memory";
+                  ls /sys/fs/cgroup | grep -c memory; ls /proc/self/fd";
     let mut spec = spec(&["sh", "-c", script]);
     spec["process"]["user"] =
         json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002], "umask": 0o77});
@@ -317,7 +317,12 @@ fn process_settings_from_the_spec_apply() {
             "/tmp",
             "bar",
             "mkdir-denied",
-            cgroup_line
+            cgroup_line,
+            // No descriptor of the agent leaks in: stdio, and ls's own.
+            "0",
+            "1",
+            "2",
+            "3"
         ],
         "stderr: {}",
         read_all(engine, id, None, true).unwrap()
