@@ -52,20 +52,27 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
     let masked = spec["linux"]["maskedPaths"].as_array_mut().unwrap();
     masked.extend([json!("/proc/version"), json!("/sys/kernel")]);
     spec["linux"]["seccomp"] = deny_mkdir();
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(host_dir.path().join("hello"), "from-host\n").unwrap();
+    let bind = json!({"destination": "/data", "type": "bind", "source": host_dir.path(),
+                      "options": ["rbind", "ro"]});
+    spec["mounts"].as_array_mut().unwrap().push(bind);
     let init = fx.start(id, &spec);
 
     // As root: a masked file reads as empty, a masked directory is empty,
-    // and /proc/sys is read-only.
+    // /proc/sys is read-only, seccomp applies, the bind mount is there and
+    // read-only.
     let script = "cat /proc/1/comm; wc -c < /proc/version; ls /sys/kernel | wc -l; \
                   (echo x > /proc/sys/kernel/domainname) 2>/dev/null || echo sys-ro; \
-                  mkdir /tmp/y 2>/dev/null || echo mkdir-denied; echo pid=$$";
+                  mkdir /tmp/y 2>/dev/null || echo mkdir-denied; cat /data/hello; \
+                  (echo x > /data/new) 2>/dev/null || echo data-ro; echo pid=$$";
     let ps = json!({"args": ["sh", "-c", script], "cwd": "/", "user": {"uid": 0, "gid": 0},
                     "env": ["PATH=/bin"]});
     engine.exec(id, "ps", &bytes(&ps), false).expect("exec ps");
     let out = read_all(engine, id, Some("ps"), false).unwrap();
     let err = read_all(engine, id, Some("ps"), true).unwrap();
     assert!(
-        out.starts_with("sleep\n0\n0\nsys-ro\nmkdir-denied\n"),
+        out.starts_with("sleep\n0\n0\nsys-ro\nmkdir-denied\nfrom-host\ndata-ro\n"),
         "PID 1 is not the init, or paths not masked: {out:?} {err:?}"
     );
     let own_pid: u32 = out.trim().rsplit("pid=").next().unwrap().parse().unwrap();
@@ -74,6 +81,7 @@ fn exec_joins_the_pid_namespace_and_signals_map_like_runc() {
         "exec pid {own_pid} is not from the container's pid namespace"
     );
     assert_eq!(engine.wait(id, Some("ps")).unwrap(), 0);
+    assert!(!host_dir.path().join("new").exists());
     let ps_state = engine.state(id, Some("ps")).unwrap();
     assert_eq!(
         (ps_state.status, ps_state.exit_code),
@@ -288,7 +296,7 @@ fn process_settings_from_the_spec_apply() {
     let id = "settings";
     let script = "id -u; id -G; umask; hostname; pwd; echo $FOO; \
                   mkdir /tmp/x 2>/dev/null || echo mkdir-denied; \
-                  ls /sys/fs/cgroup | grep -c memory";
+                  ls /sys/fs/cgroup | grep -c memory; ls /proc/self/fd";
     let mut spec = spec(&["sh", "-c", script]);
     spec["process"]["user"] =
         json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002], "umask": 0o77});
@@ -317,7 +325,12 @@ fn process_settings_from_the_spec_apply() {
             "/tmp",
             "bar",
             "mkdir-denied",
-            cgroup_line
+            cgroup_line,
+            // No descriptor of the agent leaks in: stdio, and ls's own.
+            "0",
+            "1",
+            "2",
+            "3"
         ],
         "stderr: {}",
         read_all(engine, id, None, true).unwrap()
