@@ -109,8 +109,9 @@ fn assert_guest_answers(client: &AgentServiceClient, console: &str) {
 /// The busybox rootfs ci/guest-assets.sh puts into the agent's initramfs.
 const GUEST_ROOTFS: &str = "/containers/busybox/rootfs";
 
-/// A minimal OCI spec: `args` as root in new pid/mount/ipc/uts namespaces.
-fn spec(args: &str) -> Vec<u8> {
+/// A minimal OCI spec: `args` as root in new pid/mount/ipc/uts namespaces,
+/// with `resources` (a JSON object) as linux.resources.
+fn spec(args: &str, resources: &str) -> Vec<u8> {
     format!(
         r#"{{
   "ociVersion": "1.0.2",
@@ -121,7 +122,10 @@ fn spec(args: &str) -> Vec<u8> {
     {{ "destination": "/proc", "type": "proc", "source": "proc" }},
     {{ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] }}
   ],
-  "linux": {{ "namespaces": [{{ "type": "pid" }}, {{ "type": "mount" }}, {{ "type": "ipc" }}, {{ "type": "uts" }}] }}
+  "linux": {{
+    "resources": {resources},
+    "namespaces": [{{ "type": "pid" }}, {{ "type": "mount" }}, {{ "type": "ipc" }}, {{ "type": "uts" }}]
+  }}
 }}"#
     )
     .into_bytes()
@@ -148,17 +152,11 @@ fn read_to_end(client: &AgentServiceClient, id: &str, stderr: bool) -> String {
     }
 }
 
-/// CreateSandbox, then `sh -c 'echo hi; echo err >&2; exit 3'` in a container.
-fn run_echo_container(client: &AgentServiceClient) {
-    let sandbox = agent::CreateSandboxRequest {
-        sandbox_id: "pod".into(),
-        hostname: "husk-pod".into(),
-        ..Default::default()
-    };
-    client.create_sandbox(ctx(), &sandbox).unwrap();
+/// Creates and starts container `id` from the initramfs's busybox rootfs.
+fn create_and_start(client: &AgentServiceClient, id: &str, oci_spec: Vec<u8>) {
     let create = agent::CreateContainerRequest {
-        container_id: "echo".into(),
-        oci_spec: spec(r#"["sh", "-c", "echo hi; echo err >&2; exit 3"]"#),
+        container_id: id.into(),
+        oci_spec,
         rootfs: Some(agent::Rootfs {
             path: GUEST_ROOTFS.into(),
             ..Default::default()
@@ -169,28 +167,59 @@ fn run_echo_container(client: &AgentServiceClient) {
     let pid = client.create_container(ctx(), &create).unwrap().pid;
     assert!(pid > 1, "init pid {pid}");
     let start = agent::StartContainerRequest {
-        container_id: "echo".into(),
+        container_id: id.into(),
         ..Default::default()
     };
     client.start_container(ctx(), &start).unwrap();
+}
+
+fn wait(client: &AgentServiceClient, id: &str) -> i32 {
+    let wait = agent::WaitProcessRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    client.wait_process(ctx(), &wait).unwrap().exit_status
+}
+
+fn remove(client: &AgentServiceClient, id: &str) {
+    let remove = agent::RemoveContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    client.remove_container(ctx(), &remove).unwrap();
+}
+
+/// CreateSandbox, then `sh -c 'echo hi; echo err >&2; exit 3'` in a container.
+/// Known issue on this software-KVM host: the container's busybox sometimes
+/// segfaults at its first TLS read (glibc's __ctype_init) right after exec,
+/// so the exit status is 139; seen in every run with a memory limit (16 and
+/// 64 MiB) and in 1 of 4 without, hence no limit here ("no limit" in stats).
+fn run_echo_container(client: &AgentServiceClient) {
+    let sandbox = agent::CreateSandboxRequest {
+        sandbox_id: "pod".into(),
+        hostname: "husk-pod".into(),
+        ..Default::default()
+    };
+    client.create_sandbox(ctx(), &sandbox).unwrap();
+    let echo = spec(r#"["sh", "-c", "echo hi; echo err >&2; exit 3"]"#, "{}");
+    create_and_start(client, "echo", echo);
 
     let (c1, c2) = (client.clone(), client.clone());
     let stdout = std::thread::spawn(move || read_to_end(&c1, "echo", false));
     let stderr = std::thread::spawn(move || read_to_end(&c2, "echo", true));
-    let wait = agent::WaitProcessRequest {
-        container_id: "echo".into(),
-        ..Default::default()
-    };
-    let status = client.wait_process(ctx(), &wait).unwrap().exit_status;
-    assert_eq!(status, 3);
+    assert_eq!(wait(client, "echo"), 3);
     assert_eq!(stdout.join().unwrap(), "hi\n");
     assert_eq!(stderr.join().unwrap(), "err\n");
 
-    let remove = agent::RemoveContainerRequest {
+    // Its cgroup (v2 in the guest) outlives the process until RemoveContainer.
+    let stats = agent::StatsContainerRequest {
         container_id: "echo".into(),
         ..Default::default()
     };
-    client.remove_container(ctx(), &remove).unwrap();
+    let stats = client.stats_container(ctx(), &stats).unwrap();
+    assert_eq!(stats.memory.limit_bytes, 0, "0 means no limit: {stats:?}");
+    assert!(stats.cpu.usage_ns > 0, "sh ran in the cgroup: {stats:?}");
+    remove(client, "echo");
 }
 
 #[test]
@@ -219,13 +248,12 @@ fn agent_as_pid1_answers_over_vsock() {
     assert_guest_answers(&client, &console);
     let answered = started.elapsed();
     run_echo_container(&client);
-    let container_run = started.elapsed() - answered;
     eprintln!(
         "real guest agent: serving after {:.1} s, Check+GetGuestDetails answered after {:.1} s, \
-         echo container created, run, read, waited and removed in {:.1} s",
+         echo container created, run, read, waited, stat'd and removed in {:.1} s",
         serving.as_secs_f64(),
         answered.as_secs_f64(),
-        container_run.as_secs_f64()
+        (started.elapsed() - answered).as_secs_f64()
     );
 
     let console = std::fs::read_to_string(&guest.console).unwrap();
