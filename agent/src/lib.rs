@@ -1,2 +1,13 @@
-//! husk's guest side. For now: the guest self-test program that proves guest
-//! user space works under husk (see `bin/husk-guest-selftest.rs`).
+//! husk's guest side: husk-agent, PID 1 in the VM, and the guest self-test
+//! program (`bin/husk-guest-selftest.rs`).
+//!
+//! - `init`: PID-1 duties (mounts, cgroup controllers, power-off on fatal errors).
+//! - `reaper`: the process-wide child reaper.
+//! - `container`: the container engine (OCI spec -> namespaced, cgrouped process).
+//! - `rpc`: the ttrpc server for `husk.agent.v1.AgentService`.
+//! - `guest_details`: what GetGuestDetails reports.
+pub mod container;
+pub mod guest_details;
+pub mod init;
+pub mod reaper;
+pub mod rpc;

@@ -8,31 +8,12 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{guest_assets, kvm_or_skip};
+use common::{guest_assets, kvm_or_skip, wait_for_console};
 
 const GUEST_PORT: u32 = 1234;
 const HOST_PORT: u32 = 5000;
-
-fn wait_for_console(
-    path: &std::path::Path,
-    marker: &str,
-    child: &mut std::process::Child,
-) -> String {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(marker) {
-            return text;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("husk vm ended ({status}) before {marker:?}:\n{text}");
-        }
-        assert!(Instant::now() < deadline, "no {marker:?} in time:\n{text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// Sends `line` on a fresh connection and expects the bridge to close it.
 fn rejected(uds: &std::path::Path, line: &[u8]) {

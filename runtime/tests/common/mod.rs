@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub struct GuestAssets {
     pub kernel: PathBuf,
@@ -12,6 +13,8 @@ pub struct GuestAssets {
     pub busybox_initrd: PathBuf,
     /// erofs root image for virtio-pmem (the self-test as /sbin/init).
     pub pmem_image: PathBuf,
+    /// husk-agent as /init, a busybox rootfs at /containers/busybox/rootfs.
+    pub agent_initrd: PathBuf,
 }
 
 /// The kernel, initramfs and pmem images: from the environment (`make test` sets
@@ -24,6 +27,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             "HUSK_INITRD",
             "HUSK_BUSYBOX_INITRD",
             "HUSK_PMEM_IMAGE",
+            "HUSK_AGENT_INITRD",
         ]
         .iter()
         .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -51,6 +55,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             initrd: vars["HUSK_INITRD"].clone().into(),
             busybox_initrd: vars["HUSK_BUSYBOX_INITRD"].clone().into(),
             pmem_image: vars["HUSK_PMEM_IMAGE"].clone().into(),
+            agent_initrd: vars["HUSK_AGENT_INITRD"].clone().into(),
         }
     })
 }
@@ -101,5 +106,23 @@ pub fn boot(name: &str, initrd: &Path, cpus: u8, init_args: &str) -> GuestRun {
     GuestRun {
         output,
         console: text,
+    }
+}
+
+/// Waits until the console file at `path` shows `marker` and returns the
+/// console so far; panics with the console if `child` ends first or nothing
+/// comes within 15 minutes (guest boots are slow on software KVM).
+pub fn wait_for_console(path: &Path, marker: &str, child: &mut std::process::Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(marker) {
+            return text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("husk vm ended ({status}) before {marker:?}:\n{text}");
+        }
+        assert!(Instant::now() < deadline, "no {marker:?} in time:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -1,0 +1,122 @@
+//! Runs the built husk-agent binary on a host (not PID 1) on a Unix socket in
+//! a temp dir and connects the generated ttrpc client to it. The agent is
+//! killed when the handle drops, so a failing test leaves no process behind.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_agent_protocol::ttrpc;
+
+pub struct AgentProcess {
+    child: Child,
+    cgroup_parent: String,
+    pub dir: PathBuf,
+    pub client: AgentServiceClient,
+}
+
+/// Generous: a test machine shared by several builds can be slow to start.
+const STARTUP: Duration = Duration::from_secs(120);
+
+impl AgentProcess {
+    pub fn start(name: &str) -> AgentProcess {
+        let dir = std::env::temp_dir().join(format!("husk-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agent.sock");
+        let address = format!("unix://{}", socket.display());
+        let cgroup_parent = format!("husk-rpc-test-{}-{name}", std::process::id());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+            .args(["--listen", &address, "--cgroup-parent", &cgroup_parent])
+            .env("HUSK_AGENT_LOG", "debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning husk-agent");
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                // Keep draining after the reader is gone so the agent never blocks.
+                let _ = tx.send(line);
+            }
+        });
+        if let Err(e) = wait_for_line(&log, "serving ttrpc on") {
+            let _ = child.kill();
+            panic!("husk-agent did not start: {e}; status {:?}", child.wait());
+        }
+        let client = ttrpc::Client::connect(&address).expect("connecting to husk-agent");
+        AgentProcess {
+            child,
+            cgroup_parent,
+            dir,
+            client: AgentServiceClient::new(client),
+        }
+    }
+}
+
+/// Waits for a line containing `text`; the error says the stream ended or
+/// nothing came in time.
+fn wait_for_line(log: &mpsc::Receiver<String>, text: &str) -> Result<String, String> {
+    loop {
+        match log.recv_timeout(STARTUP) {
+            Ok(line) if line.contains(text) => return Ok(line),
+            Ok(_) => {}
+            Err(e) => return Err(format!("no line with {text:?}: {e}")),
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        remove_cgroups(&self.cgroup_parent);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A ttrpc context whose deadline is far enough for any single RPC here.
+pub fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
+}
+
+/// The ttrpc status code of a failed call (panics on success or transport errors).
+pub fn status_of<T: std::fmt::Debug>(r: ttrpc::Result<T>) -> (ttrpc::Code, String) {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => (s.code(), s.message().to_string()),
+        other => panic!("expected an RPC status error, got {other:?}"),
+    }
+}
+
+/// After a failed test the killed agent may leave containers behind: kill
+/// what is in its cgroups and remove them (v1 controllers or the v2 root).
+fn remove_cgroups(parent: &str) {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let hierarchies = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain([root.to_path_buf()]);
+    for parent_dir in hierarchies.map(|h| h.join(parent)).filter(|p| p.is_dir()) {
+        let children = std::fs::read_dir(&parent_dir)
+            .into_iter()
+            .flatten()
+            .flatten();
+        for child in children.map(|e| e.path()).filter(|p| p.is_dir()) {
+            let procs = std::fs::read_to_string(child.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = std::fs::remove_dir(&child);
+        }
+        let _ = std::fs::remove_dir(&parent_dir);
+    }
+}
