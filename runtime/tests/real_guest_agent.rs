@@ -2,8 +2,10 @@
 //! vsock device, reach it through the device's Unix socket with the runtime's
 //! agent client (CONNECT handshake + ttrpc), check what it reports against
 //! what the guest kernel printed, then run a busybox container from the
-//! rootfs carried in the initramfs and check its output and exit code. One
-//! boot for every assertion: boots are slow on software KVM.
+//! rootfs carried in the initramfs and check its output and exit code, then
+//! a second one whose rootfs is a host directory shared through virtio-fs and
+//! mounted by the agent on request. One boot for every assertion: boots are
+//! slow on software KVM.
 
 mod common;
 
@@ -34,6 +36,8 @@ struct AgentGuest {
     dir: PathBuf,
     uds: PathBuf,
     console: PathBuf,
+    /// Host busybox rootfs shared with the guest as virtio-fs tag `SHARE_TAG`.
+    share: PathBuf,
 }
 
 impl AgentGuest {
@@ -43,11 +47,23 @@ impl AgentGuest {
         std::fs::create_dir_all(&dir).unwrap();
         let uds = dir.join("vsock.sock");
         let console = dir.join("console");
+        let share = dir.join("share");
+        let built = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../rootfs/build-busybox-rootfs.sh"
+        ))
+        .arg(&share)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+        assert!(built.success(), "building the shared busybox rootfs failed");
         let child = Command::new(env!("CARGO_BIN_EXE_husk"))
             .args(["vm", "--mem", &format!("{GUEST_MEM_MIB}M"), "--cpus", "1"])
             .args(["--cmdline", "console=ttyS0 reboot=k panic=-1"])
             .arg("--vsock")
             .arg(format!("cid=3,uds={}", uds.display()))
+            .arg("--fs")
+            .arg(format!("{SHARE_TAG}={}", share.display()))
             .arg("--kernel")
             .arg(&guest_assets().kernel)
             .arg("--initrd")
@@ -62,6 +78,7 @@ impl AgentGuest {
             dir,
             uds,
             console,
+            share,
         }
     }
 }
@@ -105,6 +122,10 @@ fn assert_guest_answers(client: &AgentServiceClient, console: &str) {
     );
     assert_eq!(details.agent_version, env!("CARGO_PKG_VERSION"));
 }
+
+/// The virtio-fs tag of the shared container rootfs, and where the agent mounts it.
+const SHARE_TAG: &str = "ctr";
+const SHARE_MOUNT: &str = "/run/husk/ctr/rootfs";
 
 /// The busybox rootfs ci/guest-assets.sh puts into the agent's initramfs.
 const GUEST_ROOTFS: &str = "/containers/busybox/rootfs";
@@ -152,16 +173,17 @@ fn read_to_end(client: &AgentServiceClient, id: &str, stderr: bool) -> String {
     }
 }
 
-/// Creates and starts container `id` from the initramfs's busybox rootfs.
-fn create_and_start(client: &AgentServiceClient, id: &str, oci_spec: Vec<u8>) {
+/// Creates and starts container `id` on `rootfs`.
+fn create_and_start(
+    client: &AgentServiceClient,
+    id: &str,
+    oci_spec: Vec<u8>,
+    rootfs: agent::Rootfs,
+) {
     let create = agent::CreateContainerRequest {
         container_id: id.into(),
         oci_spec,
-        rootfs: Some(agent::Rootfs {
-            path: GUEST_ROOTFS.into(),
-            ..Default::default()
-        })
-        .into(),
+        rootfs: Some(rootfs).into(),
         ..Default::default()
     };
     let pid = client.create_container(ctx(), &create).unwrap().pid;
@@ -202,7 +224,11 @@ fn run_echo_container(client: &AgentServiceClient) {
     };
     client.create_sandbox(ctx(), &sandbox).unwrap();
     let echo = spec(r#"["sh", "-c", "echo hi; echo err >&2; exit 3"]"#, "{}");
-    create_and_start(client, "echo", echo);
+    let initramfs_rootfs = agent::Rootfs {
+        path: GUEST_ROOTFS.into(),
+        ..Default::default()
+    };
+    create_and_start(client, "echo", echo, initramfs_rootfs);
 
     let (c1, c2) = (client.clone(), client.clone());
     let stdout = std::thread::spawn(move || read_to_end(&c1, "echo", false));
@@ -220,6 +246,30 @@ fn run_echo_container(client: &AgentServiceClient) {
     assert_eq!(stats.memory.limit_bytes, 0, "0 means no limit: {stats:?}");
     assert!(stats.cpu.usage_ns > 0, "sh ran in the cgroup: {stats:?}");
     remove(client, "echo");
+}
+
+/// A container whose rootfs is the host's shared directory, mounted by the
+/// agent from the virtio-fs tag: it reads a file the host wrote there and
+/// writes one the host then reads.
+fn run_shared_rootfs_container(client: &AgentServiceClient, share: &Path) {
+    std::fs::write(share.join("from-host"), "written on the host\n").unwrap();
+    let args = r#"["sh", "-c", "cat /from-host; echo written in the guest > /from-guest"]"#;
+    let rootfs = agent::Rootfs {
+        path: SHARE_MOUNT.into(),
+        source: SHARE_TAG.into(),
+        fstype: "virtiofs".into(),
+        ..Default::default()
+    };
+    create_and_start(client, "shared", spec(args, "{}"), rootfs);
+    let c = client.clone();
+    let stdout = std::thread::spawn(move || read_to_end(&c, "shared", false));
+    assert_eq!(wait(client, "shared"), 0);
+    assert_eq!(stdout.join().unwrap(), "written on the host\n");
+    remove(client, "shared");
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest")).unwrap(),
+        "written in the guest\n"
+    );
 }
 
 #[test]
@@ -248,9 +298,10 @@ fn agent_as_pid1_answers_over_vsock() {
     assert_guest_answers(&client, &console);
     let answered = started.elapsed();
     run_echo_container(&client);
+    run_shared_rootfs_container(&client, &guest.share);
     eprintln!(
         "real guest agent: serving after {:.1} s, Check+GetGuestDetails answered after {:.1} s, \
-         echo container created, run, read, waited, stat'd and removed in {:.1} s",
+         echo and shared-rootfs containers created, run, read, waited and removed in {:.1} s",
         serving.as_secs_f64(),
         answered.as_secs_f64(),
         (started.elapsed() - answered).as_secs_f64()
