@@ -9,68 +9,12 @@ mod common;
 use std::path::Path;
 use std::thread;
 
-use agent_process::{ctx, status_of, AgentProcess};
-use common::{busybox_rootfs, bytes, can_run, spec};
+use agent_process::{
+    create_req, create_sandbox, ctx, read_all, start_req, status_of, wait, AgentProcess,
+};
+use common::{busybox_rootfs, can_run, spec};
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc::Code;
-
-fn create_req(id: &str, spec: &serde_json::Value, rootfs: &Path) -> agent::CreateContainerRequest {
-    agent::CreateContainerRequest {
-        container_id: id.into(),
-        oci_spec: bytes(spec),
-        rootfs: Some(agent::Rootfs {
-            path: rootfs.display().to_string(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    }
-}
-
-fn start_req(id: &str) -> agent::StartContainerRequest {
-    agent::StartContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    }
-}
-
-/// Reads a stream of the container's init until EOF.
-fn read_all(client: &AgentServiceClient, id: &str, stderr: bool) -> Vec<u8> {
-    let req = agent::ReadStreamRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    let mut out = Vec::new();
-    loop {
-        let r = if stderr {
-            client.read_stderr(ctx(), &req)
-        } else {
-            client.read_stdout(ctx(), &req)
-        };
-        let data = r.unwrap().data;
-        if data.is_empty() {
-            return out;
-        }
-        out.extend(data);
-    }
-}
-
-fn wait(client: &AgentServiceClient, id: &str) -> i32 {
-    let req = agent::WaitProcessRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    client.wait_process(ctx(), &req).unwrap().exit_status
-}
-
-fn create_sandbox(client: &AgentServiceClient) {
-    let req = agent::CreateSandboxRequest {
-        sandbox_id: "pod".into(),
-        ..Default::default()
-    };
-    client.create_sandbox(ctx(), &req).unwrap();
-}
 
 #[test]
 fn a_busybox_container_runs_and_reports_output_and_exit_code() {

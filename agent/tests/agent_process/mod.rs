@@ -2,18 +2,21 @@
 //! a temp dir and connects the generated ttrpc client to it. The agent is
 //! killed when the handle drops, so a failing test leaves no process behind.
 
+#![allow(dead_code)] // each test binary uses part of this
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use husk_agent_protocol::agent;
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc;
 
 pub struct AgentProcess {
     child: Child,
-    cgroup_parent: String,
+    pub cgroup_parent: String,
     pub dir: PathBuf,
     pub client: AgentServiceClient,
 }
@@ -119,4 +122,65 @@ fn remove_cgroups(parent: &str) {
         }
         let _ = std::fs::remove_dir(&parent_dir);
     }
+}
+
+pub fn create_req(
+    id: &str,
+    spec: &serde_json::Value,
+    rootfs: &Path,
+) -> agent::CreateContainerRequest {
+    agent::CreateContainerRequest {
+        container_id: id.into(),
+        oci_spec: serde_json::to_vec(spec).expect("spec serialises"),
+        rootfs: Some(agent::Rootfs {
+            path: rootfs.display().to_string(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+pub fn start_req(id: &str) -> agent::StartContainerRequest {
+    agent::StartContainerRequest {
+        container_id: id.into(),
+        ..Default::default()
+    }
+}
+
+/// Reads a stream of the container's init until EOF.
+pub fn read_all(client: &AgentServiceClient, id: &str, stderr: bool) -> Vec<u8> {
+    let req = agent::ReadStreamRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    loop {
+        let r = if stderr {
+            client.read_stderr(ctx(), &req)
+        } else {
+            client.read_stdout(ctx(), &req)
+        };
+        let data = r.unwrap().data;
+        if data.is_empty() {
+            return out;
+        }
+        out.extend(data);
+    }
+}
+
+pub fn wait(client: &AgentServiceClient, id: &str) -> i32 {
+    let req = agent::WaitProcessRequest {
+        container_id: id.into(),
+        ..Default::default()
+    };
+    client.wait_process(ctx(), &req).unwrap().exit_status
+}
+
+pub fn create_sandbox(client: &AgentServiceClient) {
+    let req = agent::CreateSandboxRequest {
+        sandbox_id: "pod".into(),
+        ..Default::default()
+    };
+    client.create_sandbox(ctx(), &req).unwrap();
 }
