@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                // fuse-backend-rs logs every FUSE INIT's flag lists at info.
+                .unwrap_or_else(|_| "info,fuse_backend_rs=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
