@@ -225,15 +225,7 @@ impl VirtioDevice for FsDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != self.queue_sizes.len() {
-            return Err(ActivateError::QueueCount {
-                expected: self.queue_sizes.len(),
-                got: ctx.queues.len(),
-            });
-        }
+        ctx.check(self.active.is_some(), self.queue_sizes.len())?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,

@@ -96,12 +96,12 @@ impl VirtioDevice for PmemDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let got = ctx.queues.len();
-        let Some(queue) = ctx.queues.into_iter().next().filter(|_| got == 1) else {
-            return Err(ActivateError::QueueCount { expected: 1, got });
+        ctx.check(self.active.is_some(), 1)?;
+        let Some(queue) = ctx.queues.into_iter().next() else {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: 0,
+            });
         };
         self.active = Some(Active {
             mem: ctx.mem,

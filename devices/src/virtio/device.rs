@@ -24,6 +24,23 @@ pub struct ActivateContext {
     pub acked_features: u64,
 }
 
+impl ActivateContext {
+    /// What every device checks before it takes the queues: that it is not
+    /// active yet, and that it got as many queues as it offered.
+    pub fn check(&self, already_active: bool, expected: usize) -> Result<(), ActivateError> {
+        if already_active {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if self.queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: self.queues.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
     #[error("device expects {expected} queues, the transport gave {got}")]

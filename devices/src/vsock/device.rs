@@ -120,15 +120,7 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != QUEUE_MAX_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_MAX_SIZES.len(),
-                got: ctx.queues.len(),
-            });
-        }
+        ctx.check(self.active.is_some(), QUEUE_MAX_SIZES.len())?;
         self.active = Some(Active {
             mem: ctx.mem,
             queues: ctx.queues,
