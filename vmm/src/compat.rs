@@ -86,12 +86,13 @@ const fn bits(
 /// Features the software-KVM emulator cannot run at CPL0 (or that make the
 /// kernel pick code paths it cannot run).
 const SOFTWARE_KVM_HIDDEN: &[(u32, u32, CpuidReg, &[u8])] = &[
-    // pclmulqdq ssse3 fma cx16 sse4.1 sse4.2 movbe popcnt aes xsave osxsave avx f16c rdrand
+    // pclmulqdq ssse3 fma cx16 sse4.1 sse4.2 movbe popcnt aes avx f16c rdrand
+    // (xsave stays: the VMM completes xsave/xrstor, see `insn_fallback`)
     bits(
         1,
         0,
         CpuidReg::Ecx,
-        &[1, 9, 12, 13, 19, 20, 22, 23, 25, 26, 27, 28, 29, 30],
+        &[1, 9, 12, 13, 19, 20, 22, 23, 25, 28, 29, 30],
     ),
     // fsgsbase bmi1 avx2 smep bmi2 avx512f/dq rdseed adx smap avx512ifma/pf/er/cd sha avx512bw/vl
     bits(
@@ -108,6 +109,8 @@ const SOFTWARE_KVM_HIDDEN: &[(u32, u32, CpuidReg, &[u8])] = &[
     bits(7, 0, CpuidReg::Edx, &[2, 3, 8, 22, 23, 24, 25]),
     // avx-vnni avx512bf16
     bits(7, 1, CpuidReg::Eax, &[4, 5]),
+    // xsaveopt xsavec xgetbv1 xsaves: only plain xsave/xrstor are completed
+    bits(0xd, 1, CpuidReg::Eax, &[0, 1, 2, 3]),
     // abm(lzcnt) sse4a xop fma4 tbm
     bits(0x8000_0001, 0, CpuidReg::Ecx, &[5, 6, 11, 16, 21]),
 ];
@@ -115,12 +118,16 @@ const SOFTWARE_KVM_HIDDEN: &[(u32, u32, CpuidReg, &[u8])] = &[
 /// Kernel command-line flags that keep a stock kernel off emulator gaps, and
 /// turn on husk's guest-kernel fallback for user system calls (see
 /// guest-kernel-config/patches/0001-*). They carry most of the load: on
-/// kvm_pvm the guest's CPUID leaf 1 does not reflect KVM_SET_CPUID2 (measured:
-/// XSAVE stays visible), so `noxsave` is needed. The kernel reads `noxsave` and
-/// `nopti` straight from the command line and still passes them to /init as
-/// arguments.
+/// kvm_pvm the guest's CPUID leaf 1 does not reflect KVM_SET_CPUID2. XSAVE
+/// stays on (guest user code uses the host's AVX/AVX-512 natively, and only
+/// XSAVE keeps those registers per task; `noxsave` leaked them between
+/// processes), but only plain `xsave`/`xrstor`, which the VMM completes
+/// (`xsave_fallback`): `noxsaveopt noxsaves clearcpuid=xsavec,xgetbv1` keep
+/// the kernel off the variants. The kernel reads `nopti`, `noxsaveopt` and
+/// `noxsaves` straight from the command line and still passes them to /init
+/// as arguments.
 const SOFTWARE_KVM_CMDLINE: &str =
-    "noxsave nopti clearcpuid=smap,smep,umip,pku,popcnt mitigations=off husk.syscall_fault=1";
+    "noxsaveopt noxsaves nopti clearcpuid=smap,smep,umip,pku,popcnt,xsavec,xgetbv1 mitigations=off husk.syscall_fault=1";
 
 /// A named set of guest adjustments for one kind of host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +138,8 @@ pub struct CompatProfile {
     pub zeroed_leaves: Vec<u32>,
     pub cmdline: &'static str,
     /// Complete in the VMM the instructions the host's emulator refuses
-    /// (`int3`, `fwait`; see `insn_fallback`).
+    /// (`int3`, `fwait`, `xsave`, `xrstor`; see `insn_fallback` and
+    /// `xsave_fallback`).
     pub emulate_missing: bool,
 }
 
@@ -151,7 +159,7 @@ impl CompatProfile {
         Self {
             name: "software-kvm",
             hidden_cpuid,
-            zeroed_leaves: vec![0xd],
+            zeroed_leaves: vec![],
             cmdline: SOFTWARE_KVM_CMDLINE,
             emulate_missing: true,
         }
@@ -201,15 +209,22 @@ mod tests {
         let p = CompatProfile::select(CompatMode::Auto, HostKvm::SoftwarePvm).unwrap();
         assert_eq!(p.name, "software-kvm");
         assert!(CompatProfile::select(CompatMode::On, HostKvm::Hardware).is_some());
-        // cx16 (leaf 1 ECX bit 13) and xsave (bit 26) are among the hidden bits.
-        for bit in [13, 26] {
-            assert!(p.hidden_cpuid.contains(&CpuidBit {
-                leaf: 1,
-                subleaf: 0,
-                reg: CpuidReg::Ecx,
-                bit
-            }));
-        }
+        // cx16 (leaf 1 ECX bit 13) is hidden; xsave (bit 26) is not, its
+        // optimised/compacted/supervisor variants (leaf 0xD.1 EAX) are.
+        let hidden = |leaf, subleaf, reg, bit| {
+            p.hidden_cpuid.contains(&CpuidBit {
+                leaf,
+                subleaf,
+                reg,
+                bit,
+            })
+        };
+        assert!(hidden(1, 0, CpuidReg::Ecx, 13));
+        assert!(!hidden(1, 0, CpuidReg::Ecx, 26));
+        assert!((0..4).all(|bit| hidden(0xd, 1, CpuidReg::Eax, bit)));
+        let words: Vec<&str> = p.cmdline.split(' ').collect();
+        assert!(!words.contains(&"noxsave"), "{}", p.cmdline);
+        assert!(words.contains(&"noxsaves") && words.contains(&"noxsaveopt"));
         assert_eq!("on".parse::<CompatMode>(), Ok(CompatMode::On));
         assert!("maybe".parse::<CompatMode>().is_err());
     }

@@ -89,10 +89,13 @@ mod tests {
 
     #[test]
     fn sets_apic_id_and_hides_profile_bits() {
+        let mut xsave_variants = entry(0xd, 1, 0);
+        xsave_variants.eax = 0x1f; // xsaveopt xsavec xgetbv1 xsaves, xfd
         let mut cpuid = CpuId::from_entries(&[
             entry(1, 0, 1 << 13 | 1 << 26 | 1),
             entry(0xd, 0, 7),
             entry(0xb, 1, 0),
+            xsave_variants,
         ])
         .unwrap();
         filter(&mut cpuid, 1, 2, Some(&CompatProfile::software_kvm()));
@@ -101,10 +104,11 @@ mod tests {
         assert_eq!((e[0].ebx >> 16) & 0xff, 2, "logical count");
         assert_eq!(
             e[0].ecx,
-            1 | ECX_HYPERVISOR,
-            "cx16 and xsave hidden, sse3 kept"
+            1 << 26 | 1 | ECX_HYPERVISOR,
+            "cx16 hidden, xsave and sse3 kept"
         );
-        assert_eq!((e[1].eax, e[1].ecx), (0, 0), "xsave leaf emptied");
+        assert_eq!(e[1].ecx, 7, "xsave leaf kept: the VMM completes xsave");
+        assert_eq!(e[3].eax, 0x10, "only plain xsave/xrstor advertised");
         assert_eq!((e[2].ebx, e[2].edx), (2, 1));
     }
 

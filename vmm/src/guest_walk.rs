@@ -12,6 +12,7 @@ const CR0_PG: u64 = 1 << 31;
 const CR4_LA57: u64 = 1 << 12;
 const EFER_LMA: u64 = 1 << 10;
 const PTE_PRESENT: u64 = 1;
+const PTE_WRITABLE: u64 = 1 << 1;
 const PTE_PAGE_SIZE: u64 = 1 << 7;
 const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Longest x86 instruction.
@@ -23,6 +24,16 @@ pub const MAX_INSN_LEN: usize = 15;
 /// pages); 32-bit paging is only used by guests before they reach long mode
 /// and is not walked (`None`).
 pub fn translate(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64) -> Option<u64> {
+    walk(mem, sregs, gva, false)
+}
+
+/// Like `translate`, for a write: every level must allow writing (the guest
+/// kernel runs with CR0.WP, and copy-on-write pages are mapped read-only).
+pub fn translate_for_write(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64) -> Option<u64> {
+    walk(mem, sregs, gva, true)
+}
+
+fn walk(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64, write: bool) -> Option<u64> {
     if sregs.cr0 & CR0_PG == 0 {
         return Some(gva & 0xffff_ffff);
     }
@@ -35,7 +46,7 @@ pub fn translate(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64) -> Option<u
     loop {
         let index = (gva >> shift) & 0x1ff;
         let entry: u64 = mem.read_obj(GuestAddress(table + index * 8)).ok()?;
-        if entry & PTE_PRESENT == 0 {
+        if entry & PTE_PRESENT == 0 || (write && entry & PTE_WRITABLE == 0) {
             return None;
         }
         let leaf = shift == 12 || ((shift == 21 || shift == 30) && entry & PTE_PAGE_SIZE != 0);
@@ -46,6 +57,42 @@ pub fn translate(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64) -> Option<u
         table = entry & PTE_ADDR_MASK;
         shift -= 9;
     }
+}
+
+/// Reads `buf.len()` bytes at virtual address `gva`, page by page; `None`
+/// if any page is unmapped.
+pub fn read_virt(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64, buf: &mut [u8]) -> Option<()> {
+    for (gpa, range) in pages(gva, buf.len(), |va| translate(mem, sregs, va))? {
+        mem.read_slice(&mut buf[range], GuestAddress(gpa)).ok()?;
+    }
+    Some(())
+}
+
+/// Writes `data` at virtual address `gva`; checks every page is mapped
+/// writable before writing any, so a failed write changes nothing.
+pub fn write_virt(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64, data: &[u8]) -> Option<()> {
+    for (gpa, range) in pages(gva, data.len(), |va| translate_for_write(mem, sregs, va))? {
+        mem.write_slice(&data[range], GuestAddress(gpa)).ok()?;
+    }
+    Some(())
+}
+
+/// Splits `len` bytes at `gva` at page boundaries: (physical address, range
+/// of the buffer) per page.
+fn pages(
+    gva: u64,
+    len: usize,
+    translate: impl Fn(u64) -> Option<u64>,
+) -> Option<Vec<(u64, std::ops::Range<usize>)>> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < len {
+        let va = gva.wrapping_add(done as u64);
+        let chunk = (0x1000 - (va & 0xfff) as usize).min(len - done);
+        out.push((translate(va)?, done..done + chunk));
+        done += chunk;
+    }
+    Some(out)
 }
 
 /// Reads up to `MAX_INSN_LEN` bytes at `rip` (stopping at the first unmapped byte).

@@ -11,7 +11,8 @@
 //! - `fwait` (0x9b): nothing, unless an unmasked x87 exception is pending,
 //!   in which case #MF (the kernel's fpu__drop() runs it on every exit).
 //!
-//! Anything else is not guessed at: the VM stops with RIP and the bytes.
+//! `xsave64`/`xrstor64` are completed by `xsave_fallback`. Anything else is
+//! not guessed at: the VM stops with RIP and the bytes.
 
 const INT3: u8 = 0xcc;
 const FWAIT: u8 = 0x9b;

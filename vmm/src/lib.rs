@@ -22,6 +22,7 @@ pub mod pmem;
 pub mod testing;
 pub mod vcpu;
 pub mod vm;
+pub mod xsave_fallback;
 
 pub use compat::{CompatMode, CompatProfile, HostKvm};
 pub use device_manager::VsockSpec;

@@ -18,6 +18,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::guest_walk;
 use crate::insn_fallback::{self, Fallback};
+use crate::xsave_fallback::{self, XsaveInsn, XsaveLayout, XsaveOp};
+
+const GP_VECTOR: u8 = 13;
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -167,6 +170,9 @@ impl Vcpu {
             .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
         let bytes = guest_walk::instruction_bytes(&self.mem, &sregs, regs.rip);
         if suberror == KVM_INTERNAL_ERROR_EMULATION && self.emulate_missing {
+            if let Some(insn) = xsave_fallback::decode(&bytes).filter(|_| sregs.cs.dpl == 0) {
+                return self.complete_xsave(insn, &mut regs, &sregs);
+            }
             let x87 = || self.fd.get_fpu().ok().map(|f| (f.fsw, f.fcw));
             if let Some(fallback) = insn_fallback::decide(&bytes, x87) {
                 tracing::debug!(
@@ -187,6 +193,69 @@ impl Vcpu {
         ))
     }
 
+    /// Completes a guest kernel's `xsave64`/`xrstor64` against the vCPU's
+    /// register state; a bad area (unmapped, read-only, misaligned, invalid
+    /// header) gets #GP, which the kernel's exception fixups expect for
+    /// user signal frames.
+    fn complete_xsave(
+        &mut self,
+        insn: XsaveInsn,
+        regs: &mut kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) -> Result<(), String> {
+        static LAYOUT: std::sync::OnceLock<XsaveLayout> = std::sync::OnceLock::new();
+        let layout = LAYOUT.get_or_init(XsaveLayout::host);
+        let xcrs = self
+            .fd
+            .get_xcrs()
+            .map_err(|e| format!("KVM_GET_XCRS failed: {e}"))?;
+        let xcr0 = xcrs.xcrs[..xcrs.nr_xcrs as usize]
+            .iter()
+            .find(|x| x.xcr == 0)
+            .map_or(1, |x| x.value);
+        let rfbm = XsaveInsn::rfbm(regs, xcr0);
+        let addr = insn.address(regs);
+        let mut xsave = self
+            .fd
+            .get_xsave()
+            .map_err(|e| format!("KVM_GET_XSAVE failed: {e}"))?;
+        // SAFETY: kvm_xsave's region is 4096 plain bytes.
+        let state: &mut [u8; 4096] = unsafe { &mut *xsave.region.as_mut_ptr().cast() };
+        let mut area = vec![0u8; layout.area_len(rfbm)];
+        if !addr.is_multiple_of(64) || area.len() > state.len() {
+            return self.inject(GP_VECTOR, Some(0));
+        }
+        let mem = &self.mem;
+        let done = match insn.op {
+            XsaveOp::Save => guest_walk::read_virt(mem, sregs, addr, &mut area).and_then(|()| {
+                xsave_fallback::save(state, rfbm, layout, &mut area);
+                guest_walk::write_virt(mem, sregs, addr, &area)
+            }),
+            XsaveOp::Restore => guest_walk::read_virt(mem, sregs, addr, &mut area)
+                .and_then(|()| xsave_fallback::restore(state, rfbm, xcr0, layout, &area).ok()),
+        };
+        tracing::trace!(
+            cpu = self.id,
+            ?insn,
+            addr,
+            rfbm,
+            ok = done.is_some(),
+            "xsave completed by the VMM"
+        );
+        if done.is_none() {
+            return self.inject(GP_VECTOR, Some(0));
+        }
+        if insn.op == XsaveOp::Restore {
+            // SAFETY: `xsave` is a complete KVM_GET_XSAVE buffer, edited in place.
+            unsafe { self.fd.set_xsave(&xsave) }
+                .map_err(|e| format!("KVM_SET_XSAVE failed: {e}"))?;
+        }
+        regs.rip += insn.len;
+        self.fd
+            .set_regs(regs)
+            .map_err(|e| format!("KVM_SET_REGS failed: {e}"))
+    }
+
     fn apply(
         &mut self,
         fallback: Fallback,
@@ -205,14 +274,19 @@ impl Vcpu {
             }
             Fallback::Fault { vector } => vector,
         };
+        self.inject(vector, None)
+    }
+
+    /// Delivers exception `vector` (with `error_code`, if it has one).
+    fn inject(&mut self, vector: u8, error_code: Option<u32>) -> Result<(), String> {
         let mut events: kvm_vcpu_events = self
             .fd
             .get_vcpu_events()
             .map_err(|e| format!("KVM_GET_VCPU_EVENTS failed: {e}"))?;
         events.exception.injected = 1;
         events.exception.nr = vector;
-        events.exception.has_error_code = 0;
-        events.exception.error_code = 0;
+        events.exception.has_error_code = u8::from(error_code.is_some());
+        events.exception.error_code = error_code.unwrap_or(0);
         self.fd
             .set_vcpu_events(&events)
             .map_err(|e| format!("KVM_SET_VCPU_EVENTS failed: {e}"))

@@ -17,7 +17,19 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-const MODES: &[&str] = &["exec-child", "exit", "idle", "run", "bench", "vsock", "fs"];
+#[path = "husk-guest-selftest/fpu.rs"]
+mod fpu;
+
+const MODES: &[&str] = &[
+    "exec-child",
+    "exit",
+    "idle",
+    "run",
+    "bench",
+    "vsock",
+    "fs",
+    "fpu-leak",
+];
 
 /// One self-test step: Ok, or what went wrong.
 type Step = fn() -> Result<(), String>;
@@ -39,6 +51,12 @@ fn main() {
         Some("run") => run_program(&args[1..]),
         Some("vsock") => vsock_roundtrip(&args[1..]),
         Some("fs") => fs_check(&args[1..]),
+        Some("fpu-leak") => {
+            if std::process::id() == 1 {
+                mount_basics();
+            }
+            fpu::fpu_leak()
+        }
         Some("bench") => {
             bench();
             end_vm();
