@@ -101,6 +101,7 @@ impl DeviceManager {
             guest_cid: spec.cid,
             uds_path: spec.uds.clone(),
             max_connections: VSOCK_MAX_CONNECTIONS,
+            handshake_timeout: husk_devices::vsock::DEFAULT_HANDSHAKE_TIMEOUT,
         };
         let device = Arc::new(Mutex::new(VsockDevice::new(&config)?));
         self.add_mmio(vm, mem, mmio, device.clone())?;

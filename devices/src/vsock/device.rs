@@ -42,6 +42,9 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
     /// Cap on simultaneous connections (plus pending host handshakes).
     pub max_connections: usize,
+    /// How long a host client may take to send its CONNECT line before the
+    /// next client to arrive takes its slot (`DEFAULT_HANDSHAKE_TIMEOUT`).
+    pub handshake_timeout: std::time::Duration,
 }
 
 /// What activation hands over, dropped on reset.
@@ -77,6 +80,7 @@ impl VsockDevice {
                 cid,
                 &config.uds_path,
                 config.max_connections,
+                config.handshake_timeout,
                 metrics.clone(),
             )?,
             metrics,

@@ -11,6 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use event_manager::{EventManager, SubscriberOps};
 use vmm_sys_util::tempdir::TempDir;
@@ -22,7 +23,7 @@ pub use super::packet::{
     HOST_CID, MAX_PKT_DATA, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST,
     OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
-use super::{VsockConfig, VsockDevice, VsockMetrics};
+use super::{VsockConfig, VsockDevice, VsockMetrics, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::virtio::test_utils::GuestDriver;
 
 /// The guest CID every harness device uses.
@@ -115,12 +116,17 @@ impl Harness {
     }
 
     pub fn with_max_conns(max_connections: usize) -> Self {
+        Self::with_limits(max_connections, DEFAULT_HANDSHAKE_TIMEOUT)
+    }
+
+    pub fn with_limits(max_connections: usize, handshake_timeout: Duration) -> Self {
         let dir = TempDir::new_with_prefix("/tmp/husk-vsock-").unwrap();
         let path = dir.as_path().join("v.sock");
         let config = VsockConfig {
             guest_cid: CID,
             uds_path: path.clone(),
             max_connections,
+            handshake_timeout,
         };
         let dev = Arc::new(Mutex::new(VsockDevice::new(&config).unwrap()));
         let mut em = EventManager::new().unwrap();

@@ -21,7 +21,7 @@ use std::sync::atomic::AtomicU64;
 
 pub use device::{VsockConfig, VsockDevice, VsockError};
 pub use event_handler::{PROCESS_ACTIVATE, PROCESS_BACKEND, PROCESS_EVQ, PROCESS_RXQ, PROCESS_TXQ};
-pub use muxer::MuxerError;
+pub use muxer::{MuxerError, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// Virtio device ID of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;

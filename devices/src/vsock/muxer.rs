@@ -16,6 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -29,6 +30,9 @@ const MAX_CONNECT_LINE: usize = 32;
 const MAX_STRAY_RSTS: usize = 1024;
 /// Host-initiated connections use local ports from here up.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// A host client that has not sent its whole CONNECT line by then loses its
+/// slot when the next client arrives, so idle clients cannot exhaust the limit.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MuxerError {
@@ -37,6 +41,10 @@ pub enum MuxerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the vsock Unix socket {0} is in use by a running process")]
+    InUse(PathBuf),
+    #[error("{0} exists and is not a Unix socket; refusing to replace it")]
+    NotASocket(PathBuf),
     #[error("cannot set up the vsock muxer's epoll set: {0}")]
     Epoll(#[source] std::io::Error),
 }
@@ -65,7 +73,8 @@ pub struct VsockMuxer {
     listener: UnixListener,
     epoll: Epoll,
     fds: HashMap<RawFd, FdOwner>,
-    handshakes: HashMap<RawFd, (UnixStream, Vec<u8>)>,
+    /// Host clients still sending their CONNECT line: stream, bytes so far, arrival.
+    handshakes: HashMap<RawFd, (UnixStream, Vec<u8>, Instant)>,
     conns: HashMap<ConnKey, Connection>,
     /// Current epoll interest of each connection's host stream.
     interest: HashMap<ConnKey, EventSet>,
@@ -73,6 +82,7 @@ pub struct VsockMuxer {
     queued: HashSet<ConnKey>,
     next_local_port: u32,
     max_conns: usize,
+    handshake_timeout: Duration,
     metrics: Arc<VsockMetrics>,
 }
 
@@ -81,14 +91,10 @@ impl VsockMuxer {
         guest_cid: u64,
         path: &Path,
         max_conns: usize,
+        handshake_timeout: Duration,
         metrics: Arc<VsockMetrics>,
     ) -> Result<Self, MuxerError> {
-        let bind_err = |source| MuxerError::Bind {
-            path: path.to_owned(),
-            source,
-        };
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = bind_listener(path)?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         let mut muxer = Self {
             guest_cid,
@@ -103,6 +109,7 @@ impl VsockMuxer {
             queued: HashSet::new(),
             next_local_port: FIRST_LOCAL_PORT,
             max_conns,
+            handshake_timeout,
             metrics,
         };
         let fd = muxer.listener.as_raw_fd();
@@ -172,6 +179,7 @@ impl VsockMuxer {
 
     fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
+            self.expire_handshakes();
             if self.conns.len() + self.handshakes.len() >= self.max_conns {
                 tracing::warn!(max = self.max_conns, "vsock: connection limit reached");
                 continue;
@@ -185,13 +193,26 @@ impl VsockMuxer {
                 continue;
             }
             self.fds.insert(fd, FdOwner::Handshake);
-            self.handshakes.insert(fd, (stream, Vec::new()));
+            self.handshakes
+                .insert(fd, (stream, Vec::new(), Instant::now()));
+        }
+    }
+
+    fn expire_handshakes(&mut self) {
+        let stale: Vec<RawFd> = self
+            .handshakes
+            .iter()
+            .filter(|(_, (_, _, since))| since.elapsed() >= self.handshake_timeout)
+            .map(|(&fd, _)| fd)
+            .collect();
+        for fd in stale {
+            self.reject_handshake(fd, "no CONNECT line in time");
         }
     }
 
     // Reads byte by byte so no stream data after the line is consumed here.
     fn read_connect_line(&mut self, fd: RawFd) {
-        let Some((stream, line)) = self.handshakes.get_mut(&fd) else {
+        let Some((stream, line, _)) = self.handshakes.get_mut(&fd) else {
             return;
         };
         let mut byte = [0u8; 1];
@@ -226,7 +247,7 @@ impl VsockMuxer {
     }
 
     fn connect_to_guest(&mut self, fd: RawFd, peer: u32) {
-        let Some((stream, _)) = self.handshakes.remove(&fd) else {
+        let Some((stream, _, _)) = self.handshakes.remove(&fd) else {
             return;
         };
         let Some(local) = self.alloc_local_port(peer) else {
@@ -383,6 +404,37 @@ impl VsockMuxer {
     fn epoll_ctl(&self, op: ControlOperation, fd: RawFd, set: EventSet) -> std::io::Result<()> {
         self.epoll.ctl(op, fd, EpollEvent::new(set, fd as u64))
     }
+}
+
+/// Binds PATH. A socket file left by a process that is gone (connecting to it
+/// is refused) is replaced, with a log line; a live socket or any other kind
+/// of file is an error, never deleted.
+fn bind_listener(path: &Path) -> Result<UnixListener, MuxerError> {
+    let bind_err = |source| MuxerError::Bind {
+        path: path.to_owned(),
+        source,
+    };
+    let listener = match UnixListener::bind(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket =
+                std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+            if !is_socket {
+                return Err(MuxerError::NotASocket(path.to_owned()));
+            }
+            match UnixStream::connect(path) {
+                Ok(_) => return Err(MuxerError::InUse(path.to_owned())),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(bind_err(e)),
+            }
+            tracing::warn!(path = %path.display(), "vsock: replacing a stale socket nobody listens on");
+            std::fs::remove_file(path).map_err(bind_err)?;
+            UnixListener::bind(path).map_err(bind_err)?
+        }
+        other => other.map_err(bind_err)?,
+    };
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok(listener)
 }
 
 impl Drop for VsockMuxer {

@@ -9,6 +9,7 @@ use vm_memory::Bytes;
 
 use super::*;
 use crate::virtio::test_utils::MEM_SIZE;
+use crate::vsock::{VsockConfig, VsockDevice, VsockError, DEFAULT_HANDSHAKE_TIMEOUT};
 
 // A working connection, to prove the device still serves after each abuse.
 fn still_serves(h: &mut Harness, host: &mut UnixStream, local: u32, port: u32) {
@@ -155,4 +156,55 @@ fn connection_limit_is_enforced() {
     assert_eq!(read_avail(&mut c, &mut Vec::new()), None);
     assert!(h.recv().is_empty());
     assert_eq!(h.conns(), 2);
+}
+
+#[test]
+fn a_client_silent_past_the_handshake_timeout_loses_its_slot() {
+    // Timeout zero: any pending handshake is stale once the next client comes.
+    let mut h = Harness::with_limits(1, std::time::Duration::ZERO);
+    let mut idle = UnixStream::connect(&h.path).unwrap();
+    h.pump();
+    let (mut host, local) = h.host_connect(7);
+    idle.set_nonblocking(true).unwrap();
+    assert_eq!(
+        read_avail(&mut idle, &mut Vec::new()),
+        None,
+        "idle client closed"
+    );
+    h.send(Hdr::guest(7, local, OP_RW), b"served");
+    let mut got = Vec::new();
+    read_avail(&mut host, &mut got);
+    assert_eq!(got, b"served");
+}
+
+fn device_at(path: &std::path::Path) -> Result<VsockDevice, VsockError> {
+    VsockDevice::new(&VsockConfig {
+        guest_cid: CID,
+        uds_path: path.to_owned(),
+        max_connections: 4,
+        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+    })
+}
+
+#[test]
+fn a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_refused() {
+    let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/husk-vsock-").unwrap();
+    // Left behind by a process that is gone: nobody accepts on it.
+    let stale = dir.as_path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let dev = device_at(&stale).expect("stale socket replaced");
+    UnixStream::connect(&stale).expect("the new device listens");
+    drop(dev);
+
+    let live = dir.as_path().join("live.sock");
+    let _owner = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let err = device_at(&live).err().expect("live socket refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+    UnixStream::connect(&live).expect("the owner still listens");
+
+    let file = dir.as_path().join("file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let err = device_at(&file).err().expect("regular file refused");
+    assert!(err.to_string().contains("not a Unix socket"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
