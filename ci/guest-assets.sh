@@ -17,11 +17,11 @@ mkdir -p "$cache/initrd" "$cache/pmem"
 kernel=$("$root/guest-kernel-config/build.sh" | tail -n1)
 
 echo "guest-assets: building the static guest programs (self-test, husk-agent)" >&2
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p husk-agent \
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile guest -p husk-agent \
   --target x86_64-unknown-linux-gnu --target-dir "$root/target/guest" \
   --manifest-path "$root/Cargo.toml" >&2
-selftest="$root/target/guest/x86_64-unknown-linux-gnu/release/husk-guest-selftest"
-agent="$root/target/guest/x86_64-unknown-linux-gnu/release/husk-agent"
+selftest="$root/target/guest/x86_64-unknown-linux-gnu/guest/husk-guest-selftest"
+agent="$root/target/guest/x86_64-unknown-linux-gnu/guest/husk-agent"
 
 if [ ! -x /bin/busybox ]; then
   echo "guest-assets: installing busybox-static" >&2
