@@ -72,11 +72,20 @@ fuzz_target!(|requests: Vec<Request>| {
     for req in requests.iter().take(MAX_CHAINS) {
         let bytes = req.bytes();
         let parts = split_parts(&bytes, &req.cuts, 4);
-        let lens: Vec<u32> = req.reply_lens.iter().take(4).map(|&l| u32::from(l)).collect();
+        let lens: Vec<u32> = req
+            .reply_lens
+            .iter()
+            .take(4)
+            .map(|&l| u32::from(l))
+            .collect();
         if parts.is_empty() && lens.is_empty() {
             continue;
         }
-        let q = if req.hiprio { HIPRIO_QUEUE } else { REQUEST_QUEUE };
+        let q = if req.hiprio {
+            HIPRIO_QUEUE
+        } else {
+            REQUEST_QUEUE
+        };
         h.send_on(q, &parts, &lens);
     }
 });

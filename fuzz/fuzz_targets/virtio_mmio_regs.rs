@@ -17,11 +17,21 @@ const MAX_OPS: usize = 256;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Read { offset: u16, width: u8 },
-    Write { offset: u16, width: u8, value: u64 },
+    Read {
+        offset: u16,
+        width: u8,
+    },
+    Write {
+        offset: u16,
+        width: u8,
+        value: u64,
+    },
     /// A 32-bit write to a register the transport decodes (offset / 4 of
     /// the first 0x100 bytes), so most writes hit a real register.
-    WriteReg { reg: u8, value: u32 },
+    WriteReg {
+        reg: u8,
+        value: u32,
+    },
     /// The driver offers fresh RX buffers and kicks RX.
     FillRx,
     /// Runs the device's event loop.
@@ -47,7 +57,9 @@ fuzz_target!(|ops: Vec<Op>| {
                 value,
             } => {
                 let offset = u64::from(offset) % MMIO_LEN;
-                h.drv.transport.write(offset, &value.to_le_bytes()[..width(w)]);
+                h.drv
+                    .transport
+                    .write(offset, &value.to_le_bytes()[..width(w)]);
             }
             Op::WriteReg { reg, value } => {
                 let offset = u64::from(reg % 64) * 4;
