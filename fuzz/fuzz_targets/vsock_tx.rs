@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 
-use husk_devices::vsock::harness::{Harness, Hdr, CID, HDR, HOST_CID, RXQ, TXQ};
+use husk_devices::vsock::harness::{Harness, Hdr, CID, HDR, HOST_CID, RXQ, TXQ, TYPE_STREAM};
 use husk_fuzz::{fit_buf, MAX_CHAINS};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -24,8 +24,10 @@ struct FuzzHdr {
     dst_port: u8,
     wide_port: Option<u32>,
     len: Option<u32>,
-    type_: u16,
-    op: u16,
+    /// None: a stream packet, the only type the device serves.
+    type_: Option<u16>,
+    op: u8,
+    wide_op: Option<u16>,
     flags: u32,
     buf_alloc: u32,
     fwd_cnt: u32,
@@ -48,8 +50,8 @@ impl FuzzHdr {
             src_port: port(self.src_port),
             dst_port: self.wide_port.unwrap_or_else(|| port(self.dst_port)),
             len: self.len.unwrap_or(payload_len as u32),
-            type_: self.type_,
-            op: self.op,
+            type_: self.type_.unwrap_or(TYPE_STREAM),
+            op: self.wide_op.unwrap_or(u16::from(self.op % 8)),
             flags: self.flags,
             buf_alloc: self.buf_alloc,
             fwd_cnt: self.fwd_cnt,
