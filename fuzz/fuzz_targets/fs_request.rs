@@ -18,6 +18,7 @@ use vm_memory::ByteValued;
 const FALLOCATE: u32 = 43;
 const COPY_FILE_RANGE: u32 = 47;
 const MAX_HOST_LEN: u64 = 1 << 20;
+const DEFAULT_REPLY_LEN: u32 = 4096;
 const HEADER_LEN: usize = std::mem::size_of::<InHeader>();
 
 #[derive(Arbitrary, Debug)]
@@ -32,8 +33,8 @@ struct Request {
     args: Vec<u8>,
     /// Where the request is cut into readable descriptors.
     cuts: Vec<u16>,
-    /// Writable reply buffers.
-    reply_lens: Vec<u16>,
+    /// Writable reply buffers; None: one page, room for most replies.
+    reply_lens: Option<Vec<u16>>,
 }
 
 impl Request {
@@ -72,12 +73,10 @@ fuzz_target!(|requests: Vec<Request>| {
     for req in requests.iter().take(MAX_CHAINS) {
         let bytes = req.bytes();
         let parts = split_parts(&bytes, &req.cuts, 4);
-        let lens: Vec<u32> = req
-            .reply_lens
-            .iter()
-            .take(4)
-            .map(|&l| u32::from(l))
-            .collect();
+        let lens: Vec<u32> = match &req.reply_lens {
+            Some(lens) => lens.iter().take(4).map(|&l| u32::from(l)).collect(),
+            None => vec![DEFAULT_REPLY_LEN],
+        };
         if parts.is_empty() && lens.is_empty() {
             continue;
         }
