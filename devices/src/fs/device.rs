@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -17,8 +16,7 @@ use super::backend::{self, FuseServer};
 use super::dax::{DaxWindow, DAX_ALIGNMENT};
 use super::{FsMetrics, DAX_SHM_ID, VIRTIO_ID_FS};
 use crate::virtio::{
-    ActivateContext, ActivateError, GuestMemory, ShmRegion, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
+    ActivateContext, ActivateError, ActiveQueues, ShmRegion, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 /// Size of the tag field in config space; the guest mounts the tag.
@@ -124,20 +122,13 @@ fn canonical_dir(path: &Path) -> Result<PathBuf, FsError> {
     Ok(dir)
 }
 
-/// What activation hands over, dropped on reset.
-pub(super) struct Active {
-    pub mem: GuestMemory,
-    pub queues: Vec<Queue>,
-    pub interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 pub struct FsDevice {
     pub(super) config: FsConfig,
     config_space: Vec<u8>,
     queue_sizes: Vec<u16>,
     pub(super) queue_evts: Vec<EventFd>,
     pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueues>,
     pub(super) server: FuseServer,
     pub(super) dax: Option<DaxWindow>,
     dax_base: Option<GuestAddress>,
@@ -225,12 +216,7 @@ impl VirtioDevice for FsDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check(self.active.is_some(), self.queue_sizes.len())?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
+        self.active = Some(ctx.into_active(self.active.is_some(), self.queue_sizes.len())?);
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }
 

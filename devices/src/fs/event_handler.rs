@@ -16,10 +16,10 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::backend::FuseServer;
 use super::dax::DaxWindow;
-use super::device::{Active, FsDevice};
+use super::device::FsDevice;
 use super::request::serve_chain;
 use super::FsMetrics;
-use crate::virtio::InterruptCause;
+use crate::virtio::ActiveQueues;
 
 pub const PROCESS_ACTIVATE: u32 = 0;
 /// Token of queue 0; queue q uses `PROCESS_QUEUE_BASE + q`.
@@ -39,19 +39,21 @@ impl FsDevice {
         };
         for q in queues {
             let used = process_queue(active, q, &self.server, self.dax.as_mut(), &self.metrics);
-            signal(active, q, used);
+            if used {
+                active.notify_used(q, "virtio-fs");
+            }
         }
     }
 }
 
 fn process_queue(
-    active: &mut Active,
+    active: &mut ActiveQueues,
     q: usize,
     server: &FuseServer,
     mut dax: Option<&mut DaxWindow>,
     metrics: &FsMetrics,
 ) -> bool {
-    let Active { mem, queues, .. } = active;
+    let ActiveQueues { mem, queues, .. } = active;
     let Some(queue) = queues.get_mut(q) else {
         return false;
     };
@@ -66,18 +68,6 @@ fn process_queue(
         used = true;
     }
     used
-}
-
-fn signal(active: &mut Active, q: usize, used: bool) {
-    if !used {
-        return;
-    }
-    let needed = active.queues[q].needs_notification(&active.mem);
-    if needed.unwrap_or(true) {
-        if let Err(e) = active.interrupt.trigger(InterruptCause::Queue) {
-            tracing::error!("virtio-fs: cannot interrupt the guest: {e}");
-        }
-    }
 }
 
 impl MutEventSubscriber for FsDevice {

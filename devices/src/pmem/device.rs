@@ -7,12 +7,11 @@
 use std::fs::File;
 use std::sync::Arc;
 
-use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{PmemMetrics, VIRTIO_ID_PMEM};
 use crate::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, VirtioDevice,
     VIRTIO_F_VERSION_1,
 };
 
@@ -26,13 +25,6 @@ pub enum PmemError {
     EventFd(#[source] std::io::Error),
 }
 
-/// What activation hands over, dropped on reset.
-pub(super) struct Active {
-    pub mem: GuestMemory,
-    pub queue: Queue,
-    pub interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 pub struct PmemDevice {
     /// Guest-physical start and size of the mapped image.
     pub(super) start: u64,
@@ -40,7 +32,7 @@ pub struct PmemDevice {
     pub(super) backing: File,
     pub(super) queue_evts: Vec<EventFd>,
     pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueues>,
     pub(super) metrics: Arc<PmemMetrics>,
 }
 
@@ -96,18 +88,7 @@ impl VirtioDevice for PmemDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check(self.active.is_some(), 1)?;
-        let Some(queue) = ctx.queues.into_iter().next() else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: 0,
-            });
-        };
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            interrupt: ctx.interrupt,
-        });
+        self.active = Some(ctx.into_active(self.active.is_some(), 1)?);
         // Requests posted before DRIVER_OK are served on activation.
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }

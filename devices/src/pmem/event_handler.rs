@@ -14,9 +14,9 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{DescriptorChain, QueueT};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{Active, PmemDevice};
+use super::device::PmemDevice;
 use super::{PmemMetrics, VIRTIO_PMEM_REQ_TYPE_FLUSH, VIRTIO_PMEM_RESP_EIO, VIRTIO_PMEM_RESP_OK};
-use crate::virtio::{GuestMemory, InterruptCause};
+use crate::virtio::{ActiveQueues, GuestMemory};
 
 pub const PROCESS_REQUESTS: u32 = 0;
 pub const PROCESS_ACTIVATE: u32 = 1;
@@ -26,11 +26,10 @@ impl PmemDevice {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let Active {
-            mem,
-            queue,
-            interrupt,
-        } = active;
+        let ActiveQueues { mem, queues, .. } = &mut *active;
+        let Some(queue) = queues.first_mut() else {
+            return;
+        };
         let mut used = false;
         while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
             let head = chain.head_index();
@@ -40,10 +39,8 @@ impl PmemDevice {
             }
             used = true;
         }
-        if used && queue.needs_notification(&*mem).unwrap_or(true) {
-            if let Err(e) = interrupt.trigger(InterruptCause::Queue) {
-                tracing::error!("pmem: cannot interrupt the guest: {e}");
-            }
+        if used {
+            active.notify_used(0, "pmem");
         }
     }
 }

@@ -9,11 +9,11 @@
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{GuestMemory, VirtioInterrupt};
+use super::{GuestMemory, InterruptCause, VirtioInterrupt};
 
 /// Everything a device needs to start serving the driver.
 pub struct ActivateContext {
@@ -25,9 +25,14 @@ pub struct ActivateContext {
 }
 
 impl ActivateContext {
-    /// What every device checks before it takes the queues: that it is not
-    /// active yet, and that it got as many queues as it offered.
-    pub fn check(&self, already_active: bool, expected: usize) -> Result<(), ActivateError> {
+    /// Checks what every device checks before it takes the queues (it is not
+    /// active yet, and it got as many queues as it offered) and hands over
+    /// what an active device keeps.
+    pub fn into_active(
+        self,
+        already_active: bool,
+        expected: usize,
+    ) -> Result<ActiveQueues, ActivateError> {
         if already_active {
             return Err(ActivateError::AlreadyActive);
         }
@@ -37,7 +42,33 @@ impl ActivateContext {
                 got: self.queues.len(),
             });
         }
-        Ok(())
+        Ok(ActiveQueues {
+            mem: self.mem,
+            queues: self.queues,
+            interrupt: self.interrupt,
+        })
+    }
+}
+
+/// What a device holds between activation and reset.
+pub struct ActiveQueues {
+    pub mem: GuestMemory,
+    pub queues: Vec<Queue>,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl ActiveQueues {
+    /// Interrupts the guest after buffers of queue `q` were used, unless the
+    /// driver suppressed notifications; `device` names the device in the log.
+    pub fn notify_used(&mut self, q: usize, device: &str) {
+        let Some(queue) = self.queues.get_mut(q) else {
+            return;
+        };
+        if queue.needs_notification(&self.mem).unwrap_or(true) {
+            if let Err(e) = self.interrupt.trigger(InterruptCause::Queue) {
+                tracing::error!("{device}: cannot interrupt the guest: {e}");
+            }
+        }
     }
 }
 

@@ -14,7 +14,9 @@ mod mmio;
 #[cfg(any(test, feature = "test-harness"))]
 pub mod test_utils;
 
-pub use device::{read_config_bytes, ActivateContext, ActivateError, ShmRegion, VirtioDevice};
+pub use device::{
+    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, ShmRegion, VirtioDevice,
+};
 pub use interrupt::{InterruptCause, IrqFdInterrupt, VirtioInterrupt};
 pub use mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 

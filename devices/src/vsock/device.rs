@@ -9,13 +9,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::{MuxerError, VsockMuxer};
 use super::{VsockMetrics, VIRTIO_ID_VSOCK};
 use crate::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, VirtioDevice,
     VIRTIO_F_VERSION_1,
 };
 
@@ -47,18 +46,11 @@ pub struct VsockConfig {
     pub handshake_timeout: std::time::Duration,
 }
 
-/// What activation hands over, dropped on reset.
-pub(super) struct Active {
-    pub mem: GuestMemory,
-    pub queues: Vec<Queue>,
-    pub interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 pub struct VsockDevice {
     pub(super) guest_cid: u64,
     pub(super) queue_evts: Vec<EventFd>,
     pub(super) activate_evt: EventFd,
-    pub(super) active: Option<Active>,
+    pub(super) active: Option<ActiveQueues>,
     pub(super) muxer: VsockMuxer,
     pub(super) metrics: Arc<VsockMetrics>,
 }
@@ -124,12 +116,7 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        ctx.check(self.active.is_some(), QUEUE_MAX_SIZES.len())?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            interrupt: ctx.interrupt,
-        });
+        self.active = Some(ctx.into_active(self.active.is_some(), QUEUE_MAX_SIZES.len())?);
         self.activate_evt.write(1).map_err(ActivateError::Signal)
     }
 

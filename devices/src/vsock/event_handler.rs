@@ -15,11 +15,11 @@ use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{Active, VsockDevice, EVQ, RXQ, TXQ};
+use super::device::{VsockDevice, EVQ, RXQ, TXQ};
 use super::muxer::VsockMuxer;
 use super::packet::MAX_PKT_DATA;
 use super::VsockMetrics;
-use crate::virtio::InterruptCause;
+use crate::virtio::ActiveQueues;
 
 pub const PROCESS_RXQ: u32 = 0;
 pub const PROCESS_TXQ: u32 = 1;
@@ -47,13 +47,17 @@ impl VsockDevice {
             _ => return,
         }
         used_rx |= process_rx(active, &mut self.muxer, &self.metrics);
-        signal(active, TXQ, used_tx);
-        signal(active, RXQ, used_rx);
+        if used_tx {
+            active.notify_used(TXQ, "vsock");
+        }
+        if used_rx {
+            active.notify_used(RXQ, "vsock");
+        }
     }
 }
 
-fn process_tx(active: &mut Active, muxer: &mut VsockMuxer, metrics: &VsockMetrics) -> bool {
-    let Active { mem, queues, .. } = active;
+fn process_tx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &VsockMetrics) -> bool {
+    let ActiveQueues { mem, queues, .. } = active;
     let queue = &mut queues[TXQ];
     let mut used = false;
     while let Some(mut chain) = queue.pop_descriptor_chain(&*mem) {
@@ -75,8 +79,8 @@ fn process_tx(active: &mut Active, muxer: &mut VsockMuxer, metrics: &VsockMetric
     used
 }
 
-fn process_rx(active: &mut Active, muxer: &mut VsockMuxer, metrics: &VsockMetrics) -> bool {
-    let Active { mem, queues, .. } = active;
+fn process_rx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &VsockMetrics) -> bool {
+    let ActiveQueues { mem, queues, .. } = active;
     let queue = &mut queues[RXQ];
     let mut used = false;
     while muxer.has_pending_rx() {
@@ -104,18 +108,6 @@ fn process_rx(active: &mut Active, muxer: &mut VsockMuxer, metrics: &VsockMetric
         used = true;
     }
     used
-}
-
-fn signal(active: &mut Active, index: usize, used: bool) {
-    if !used {
-        return;
-    }
-    let needed = active.queues[index].needs_notification(&active.mem);
-    if needed.unwrap_or(true) {
-        if let Err(e) = active.interrupt.trigger(InterruptCause::Queue) {
-            tracing::error!("vsock: cannot interrupt the guest: {e}");
-        }
-    }
 }
 
 impl MutEventSubscriber for VsockDevice {
