@@ -54,24 +54,37 @@ impl GuestProcess {
 
     /// Waits until the console shows `marker`; returns the time since spawn.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> anyhow::Result<Duration> {
+        let (_, took) =
+            self.wait_until(marker, timeout, |text| text.contains(marker).then_some(()))?;
+        Ok(took)
+    }
+
+    /// Polls the console every 50 ms until `found` extracts something from
+    /// it (`what` names it in errors); returns that and the time since spawn.
+    pub fn wait_until<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> anyhow::Result<(T, Duration)> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-            if text.contains(marker) {
-                return Ok(self.started.elapsed());
+            if let Some(value) = found(&text) {
+                return Ok((value, self.started.elapsed()));
             }
             if let Some(status) = self.child.try_wait()? {
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = lines[lines.len().saturating_sub(8)..].join("\n");
-                bail!("the guest ended ({status}) before printing {marker}; last console lines:\n{tail}");
+                bail!("the guest ended ({status}) before printing {what}; last console lines:\n{tail}");
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the guest did not print {marker} within {} s",
+                    "the guest did not print {what} within {} s",
                     timeout.as_secs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -6,13 +6,16 @@
 //! starting husk to the guest kernel starting /init (the first guest user
 //! instruction), against the time to start the same program on the host.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
+
+use super::guest_process::GuestProcess;
 
 #[derive(Args)]
 pub struct SyscallBenchArgs {
@@ -51,53 +54,25 @@ pub fn run(args: SyscallBenchArgs) -> anyhow::Result<ExitCode> {
         .context("the host run printed no selftest-bench line")?;
     let host_start_us = super::median_spawn_us(&args.selftest, &["exit"])?;
 
-    let console = std::env::temp_dir().join(format!(
-        "husk-bench-syscalls-{}.console",
-        std::process::id()
-    ));
-    let exe = std::env::current_exe().context("locating the husk binary")?;
-    let guest_start = Instant::now();
-    let mut child = Command::new(exe)
-        .args([
-            "vm",
-            "--mem",
-            "256M",
-            "--cpus",
-            "1",
-            "--cmdline",
-            "console=ttyS0 reboot=k panic=-1 -- bench",
-        ])
-        .arg("--kernel")
-        .arg(&args.kernel)
-        .arg("--initrd")
-        .arg(&args.initrd)
-        .arg("--console")
-        .arg(&console)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting husk vm")?;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let mut init_started = None;
-    let guest_figures = loop {
-        let text = std::fs::read_to_string(&console).unwrap_or_default();
-        if init_started.is_none() && text.contains("Run /init as init process") {
-            init_started = Some(guest_start.elapsed());
-        }
-        if let Some(f) = text.lines().find_map(parse_bench) {
-            break f;
-        }
-        if child.try_wait()?.is_some() || Instant::now() > deadline {
-            let _ = child.kill();
-            bail!(
-                "the guest printed no selftest-bench line; last console lines:\n{}",
-                last_lines(&text, 8)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&console);
-    let init_started = init_started.context("the guest never started /init")?;
+    let vm_args: Vec<OsString> = vec![
+        "--mem".into(),
+        "256M".into(),
+        "--cpus".into(),
+        "1".into(),
+        "--cmdline".into(),
+        "console=ttyS0 reboot=k panic=-1 -- bench".into(),
+        "--kernel".into(),
+        args.kernel.clone().into(),
+        "--initrd".into(),
+        args.initrd.clone().into(),
+    ];
+    let mut guest = GuestProcess::spawn("syscalls", &vm_args, Stdio::null())?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let init_started = guest.wait_for("Run /init as init process", timeout)?;
+    let (guest_figures, _) = guest.wait_until("a selftest-bench line", timeout, |text| {
+        text.lines().find_map(parse_bench)
+    })?;
+    drop(guest);
 
     println!(
         "husk bench syscalls: the same static binary in a husk guest (1 vCPU) and on the host"
@@ -119,11 +94,6 @@ fn row(what: &str, guest_us: u64, host_us: u64) {
         "  {what:<34} guest {guest_us:>10} us   host {host_us:>8} us   guest/host {:>8.1}x",
         guest_us as f64 / host_us.max(1) as f64
     );
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 #[cfg(test)]
