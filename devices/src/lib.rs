@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod fs;
 pub mod legacy;
+pub mod log_budget;
 pub mod pmem;
 pub mod virtio;
 pub mod vsock;

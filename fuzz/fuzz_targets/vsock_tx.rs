@@ -61,12 +61,13 @@ impl FuzzHdr {
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    /// A header (possibly cut short) and payload, in one or two descriptors.
+    /// A header (possibly cut short) and payload, laid over descriptors cut
+    /// at the given offsets (none: one descriptor), as any driver may.
     Packet {
         hdr: FuzzHdr,
         hdr_cut: Option<u8>,
         payload: Vec<u8>,
-        one_descriptor: bool,
+        cuts: Vec<u16>,
     },
     /// One or two raw descriptors: (addr, len, flags, next).
     Raw {
@@ -110,6 +111,29 @@ impl Host {
     }
 }
 
+/// At most this many descriptors per fuzzed packet.
+const MAX_PARTS: usize = 16;
+
+// Cuts `bytes` at the given offsets (sorted, deduplicated, in range), each
+// part at most one slot buffer long.
+fn cut<'a>(bytes: &'a [u8], cuts: &[u16]) -> Vec<&'a [u8]> {
+    let mut at: Vec<usize> = cuts
+        .iter()
+        .map(|&c| usize::from(c))
+        .filter(|&c| c < bytes.len())
+        .collect();
+    at.sort_unstable();
+    at.dedup();
+    at.truncate(MAX_PARTS - 1);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for end in at.into_iter().chain([bytes.len()]) {
+        parts.push(fit_buf(&bytes[start..end]));
+        start = end;
+    }
+    parts
+}
+
 fn post(h: &mut Harness, step: &Step) {
     // The device may hold TX chains under back-pressure; a full queue ends the input.
     let head = match step {
@@ -117,19 +141,14 @@ fn post(h: &mut Harness, step: &Step) {
             hdr,
             hdr_cut,
             payload,
-            one_descriptor,
+            cuts,
         } => {
             let payload = fit_buf(payload);
-            let mut head = hdr.hdr(payload.len()).bytes();
-            head.truncate(hdr_cut.map_or(HDR, usize::from));
-            if *one_descriptor || head.is_empty() {
-                head.extend_from_slice(payload);
-                h.drv.add_readable(TXQ, &[fit_buf(&head)])
-            } else if payload.is_empty() {
-                h.drv.add_readable(TXQ, &[&head])
-            } else {
-                h.drv.add_readable(TXQ, &[&head, payload])
-            }
+            let mut bytes = hdr.hdr(payload.len()).bytes();
+            bytes.truncate(hdr_cut.map_or(HDR, usize::from));
+            bytes.extend_from_slice(payload);
+            let parts = cut(&bytes, cuts);
+            h.drv.add_chain(TXQ, &parts, &[]).map(|d| d[0])
         }
         Step::Raw { first, second } => {
             let descs: Vec<_> = std::iter::once(*first).chain(*second).collect();

@@ -53,6 +53,21 @@ pub struct FsConfig {
     pub request_queues: usize,
 }
 
+impl FsConfig {
+    /// A share of `dir` as `tag` with the defaults: cache auto, no xattr,
+    /// no DAX window, one request queue.
+    pub fn new(tag: &str, dir: &std::path::Path) -> Self {
+        Self {
+            tag: tag.to_string(),
+            shared_dir: dir.to_path_buf(),
+            cache: CacheMode::Auto,
+            xattr: false,
+            dax_window: None,
+            request_queues: 1,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     #[error("virtio-fs tag {0:?} must be 1 to {TAG_LEN} bytes")]

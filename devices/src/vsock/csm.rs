@@ -14,7 +14,6 @@ use std::io::{ErrorKind, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
-use vm_memory::{ReadVolatile, VolatileMemoryError, WriteVolatile};
 use vmm_sys_util::epoll::EventSet;
 
 use super::packet::*;
@@ -79,10 +78,10 @@ impl Connection {
     }
 
     /// A guest-initiated connection that the host accepted: RESPONSE owed.
-    pub fn new_peer(stream: UnixStream, pkt: &Packet<'_>) -> Self {
-        let mut c = Self::new(stream, pkt.dst_port(), pkt.src_port());
+    pub fn new_peer(stream: UnixStream, hdr: &Header) -> Self {
+        let mut c = Self::new(stream, hdr.dst_port(), hdr.src_port());
         c.pending = PEND_RESPONSE;
-        c.update_peer_credit(pkt);
+        c.update_peer_credit(hdr);
         c
     }
 
@@ -169,15 +168,15 @@ impl Connection {
     }
 
     /// Handles a guest packet addressed to this connection.
-    pub fn send_pkt(&mut self, pkt: &Packet<'_>) {
-        self.update_peer_credit(pkt);
-        match (self.state, pkt.op()) {
+    pub fn send_pkt(&mut self, pkt: &TxPacket<'_>) {
+        self.update_peer_credit(pkt.hdr());
+        match (self.state, pkt.hdr().op()) {
             (_, OP_RST) => self.state = State::Closed,
             (State::LocalInit, OP_RESPONSE) => self.established_by_guest(),
             (State::Established, OP_RW) => self.guest_data(pkt),
             (State::Established, OP_CREDIT_UPDATE) => {}
             (State::Established, OP_CREDIT_REQUEST) => self.pending |= PEND_CREDIT_UPDATE,
-            (State::Established, OP_SHUTDOWN) => self.guest_shutdown(pkt.flags()),
+            (State::Established, OP_SHUTDOWN) => self.guest_shutdown(pkt.hdr().flags()),
             (state, op) => {
                 tracing::debug!(?state, op, port = self.local_port, "vsock: unexpected op");
                 self.reset();
@@ -186,9 +185,9 @@ impl Connection {
         self.maybe_finish();
     }
 
-    fn update_peer_credit(&mut self, pkt: &Packet<'_>) {
-        self.peer_buf_alloc = pkt.buf_alloc();
-        self.peer_fwd_cnt = Wrapping(pkt.fwd_cnt());
+    fn update_peer_credit(&mut self, hdr: &Header) {
+        self.peer_buf_alloc = hdr.buf_alloc();
+        self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt());
         if self.peer_credit() > 0 {
             self.credit_requested = false;
             if self.host_hup && self.wants_host_data() {
@@ -206,20 +205,19 @@ impl Connection {
         self.flush_tx();
     }
 
-    fn guest_data(&mut self, pkt: &Packet<'_>) {
-        let len = pkt.len() as usize;
-        let Some(data) = pkt.data_slice().filter(|_| len > 0) else {
+    fn guest_data(&mut self, pkt: &TxPacket<'_>) {
+        let len = pkt.data_len();
+        if len == 0 {
             return;
-        };
+        }
         if self.peer_shut & SHUTDOWN_SEND != 0 || self.tx_buf.len() + len > TX_BUF_SIZE as usize {
             tracing::debug!(port = self.local_port, "vsock: guest ignored our credit");
             return self.reset();
         }
         let mut written = 0;
         if self.tx_buf.is_empty() {
-            match self.stream.write_volatile(data) {
+            match pkt.write_data_to(&mut self.stream) {
                 Ok(n) => written = n,
-                Err(e) if is_would_block(&e) => {}
                 Err(e) => {
                     tracing::debug!(port = self.local_port, "vsock: host write failed: {e}");
                     return self.reset();
@@ -228,11 +226,7 @@ impl Connection {
             self.forwarded(written);
         }
         if written < len {
-            let old = self.tx_buf.len();
-            self.tx_buf.resize(old + len - written, 0);
-            if let Ok(rest) = data.subslice(written, len - written) {
-                rest.copy_to(&mut self.tx_buf[old..]);
-            }
+            pkt.copy_data_from(written, &mut self.tx_buf);
         }
     }
 
@@ -286,12 +280,9 @@ impl Connection {
         }
     }
 
-    /// Fills `pkt` with the next packet owed to the guest, if any.
-    pub fn recv_pkt(&mut self, pkt: &mut Packet<'_>, guest_cid: u64) -> bool {
-        let (op, flags, len) = match self.next_op(pkt) {
-            Some(next) => next,
-            None => return false,
-        };
+    /// Fills `rx` with the next packet owed to the guest; returns its header.
+    pub fn recv_pkt(&mut self, rx: &mut RxBuffer<'_>, guest_cid: u64) -> Option<Header> {
+        let (op, flags, len) = self.next_op(rx)?;
         let hdr = RxHeader {
             local_port: self.local_port,
             peer_port: self.peer_port,
@@ -300,16 +291,17 @@ impl Connection {
             buf_alloc: TX_BUF_SIZE,
             fwd_cnt: self.fwd_cnt.0,
         };
-        hdr.write_to(pkt, guest_cid, len);
+        let hdr = hdr.to_header(guest_cid, len);
+        rx.write_header(&hdr);
         self.last_fwd_cnt_sent = self.fwd_cnt;
         self.pending &= !PEND_CREDIT_UPDATE;
         if op == OP_RST {
             self.state = State::Closed;
         }
-        true
+        Some(hdr)
     }
 
-    fn next_op(&mut self, pkt: &mut Packet<'_>) -> Option<(u16, u32, u32)> {
+    fn next_op(&mut self, rx: &mut RxBuffer<'_>) -> Option<(u16, u32, u32)> {
         if self.state == State::Resetting {
             return Some((OP_RST, 0, 0));
         }
@@ -320,7 +312,7 @@ impl Connection {
             return Some((OP_REQUEST, 0, 0));
         }
         if self.pending & PEND_RW != 0 {
-            if let Some(next) = self.read_host(pkt) {
+            if let Some(next) = self.read_host(rx) {
                 return Some(next);
             }
         }
@@ -345,7 +337,7 @@ impl Connection {
     }
 
     // Reads host data straight into the guest buffer, within the guest's credit.
-    fn read_host(&mut self, pkt: &mut Packet<'_>) -> Option<(u16, u32, u32)> {
+    fn read_host(&mut self, rx: &mut RxBuffer<'_>) -> Option<(u16, u32, u32)> {
         self.pending &= !PEND_RW;
         if !self.wants_host_data() {
             return None;
@@ -358,10 +350,11 @@ impl Connection {
             }
             return None;
         }
-        let data = pkt.data_slice()?;
-        let max = data.len().min(credit as usize).min(MAX_PKT_DATA as usize);
-        let mut buf = data.subslice(0, max).ok()?;
-        match self.stream.read_volatile(&mut buf) {
+        let max = rx.capacity().min(credit as usize);
+        if max == 0 {
+            return None;
+        }
+        match rx.fill_from(&mut self.stream, max) {
             Ok(0) => {
                 self.host_eof = true;
                 None
@@ -385,8 +378,4 @@ impl Connection {
             }
         }
     }
-}
-
-fn is_would_block(e: &VolatileMemoryError) -> bool {
-    matches!(e, VolatileMemoryError::IOError(io) if io.kind() == ErrorKind::WouldBlock)
 }

@@ -3,8 +3,9 @@
 //! One `process()` dispatches on the event's token: a queue kick, host-side
 //! activity in the muxer, or activation. Queue work is two loops: TX pops
 //! guest packets and feeds them to the muxer; RX fills guest buffers with what
-//! the muxer owes the guest. Malformed chains are returned used with length 0
-//! and counted; they never stop other connections. The guest is interrupted
+//! the muxer owes the guest. A malformed chain is returned used with length 0,
+//! counted and logged (rate-limited); when its header names a connection,
+//! that connection is reset. It never stops other connections. The guest is interrupted
 //! once per `process()`, if any queue was used.
 
 use std::os::fd::AsRawFd;
@@ -12,12 +13,12 @@ use std::sync::atomic::Ordering;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{QueueOwnedT, QueueT};
-use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use virtio_vsock::packet::PKT_HEADER_SIZE;
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::{VsockDevice, EVQ, RXQ, TXQ};
 use super::muxer::VsockMuxer;
-use super::packet::MAX_PKT_DATA;
+use super::packet::{RxBuffer, TxPacket};
 use super::VsockMetrics;
 use crate::virtio::ActiveQueues;
 
@@ -60,18 +61,35 @@ fn process_tx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &Vsock
     let ActiveQueues { mem, queues, .. } = active;
     let queue = &mut queues[TXQ];
     let mut used = false;
-    while let Some(mut chain) = queue.pop_descriptor_chain(&*mem) {
-        match VsockPacket::from_tx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
+    while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+        let head = chain.head_index();
+        match TxPacket::parse(mem, chain) {
             Ok(pkt) => {
                 metrics.tx_packets.fetch_add(1, Ordering::Relaxed);
                 muxer.send_pkt(&pkt);
             }
             Err(e) => {
                 metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("vsock: dropping malformed TX chain: {e}");
+                match &e.header {
+                    Some(hdr) => {
+                        let (src, dst) = (hdr.src_port(), hdr.dst_port());
+                        crate::warn_limited!(
+                            src,
+                            dst,
+                            "vsock: malformed TX chain, resetting its connection: {}",
+                            e.error
+                        );
+                        muxer.reset_for(hdr);
+                    }
+                    None => crate::warn_limited!(
+                        "vsock: malformed TX chain without a header: {}",
+                        e.error
+                    ),
+                }
             }
         }
-        if let Err(e) = queue.add_used(&*mem, chain.head_index(), 0) {
+        // TX buffers are device-readable: nothing was written to them.
+        if let Err(e) = queue.add_used(&*mem, head, 0) {
             tracing::error!("vsock: cannot return a TX buffer: {e}");
         }
         used = true;
@@ -84,25 +102,26 @@ fn process_rx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &Vsock
     let queue = &mut queues[RXQ];
     let mut used = false;
     while muxer.has_pending_rx() {
-        let Some(mut chain) = queue.pop_descriptor_chain(&*mem) else {
+        let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
             break;
         };
-        let len = match VsockPacket::from_rx_virtq_chain(&*mem, &mut chain, MAX_PKT_DATA) {
-            Ok(mut pkt) => {
-                if !muxer.recv_pkt(&mut pkt) {
+        let head = chain.head_index();
+        let len = match RxBuffer::parse(mem, chain) {
+            Ok(mut rx) => {
+                let Some(hdr) = muxer.recv_pkt(&mut rx) else {
                     queue.go_to_previous_position();
                     break;
-                }
+                };
                 metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
-                PKT_HEADER_SIZE as u32 + pkt.len()
+                PKT_HEADER_SIZE as u32 + hdr.len()
             }
             Err(e) => {
                 metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("vsock: dropping malformed RX buffer: {e}");
+                crate::warn_limited!("vsock: unusable RX buffer returned empty: {e}");
                 0
             }
         };
-        if let Err(e) = queue.add_used(&*mem, chain.head_index(), len) {
+        if let Err(e) = queue.add_used(&*mem, head, len) {
             tracing::error!("vsock: cannot return an RX buffer: {e}");
         }
         used = true;

@@ -120,6 +120,13 @@ impl Harness {
     }
 
     pub fn with_limits(max_connections: usize, handshake_timeout: Duration) -> Self {
+        let mut h = Self::without_rx_buffers(max_connections, handshake_timeout);
+        h.fill_rx();
+        h
+    }
+
+    /// A device whose guest has offered no RX buffers yet.
+    pub fn without_rx_buffers(max_connections: usize, handshake_timeout: Duration) -> Self {
         let dir = TempDir::new_with_prefix("/tmp/husk-vsock-").unwrap();
         let path = dir.as_path().join("v.sock");
         let config = VsockConfig {
@@ -133,15 +140,13 @@ impl Harness {
         em.add_subscriber(dev.clone());
         let mut drv = GuestDriver::new(dev.clone(), 64);
         drv.init();
-        let mut h = Self {
+        Self {
             drv,
             em,
             dev,
             path,
             _dir: dir,
-        };
-        h.fill_rx();
-        h
+        }
     }
 
     pub fn metric(&self, f: impl Fn(&VsockMetrics) -> &AtomicU64) -> u64 {
@@ -172,6 +177,20 @@ impl Harness {
     pub fn send(&mut self, mut hdr: Hdr, data: &[u8]) {
         hdr.len = data.len() as u32;
         self.send_raw(&[&hdr.bytes(), data]);
+    }
+
+    /// Sends one chain of readable descriptors, one per part (empty parts
+    /// too). A part may exceed a slot's buffer when it is the chain's only
+    /// descriptor: it then runs on into the slot's unused second buffer.
+    pub fn send_chain(&mut self, parts: &[Vec<u8>]) {
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        if self.drv.add_chain(TXQ, &refs, &[]).is_none() {
+            self.drv.take_used(TXQ);
+            self.drv.add_chain(TXQ, &refs, &[]).unwrap();
+        }
+        self.drv.kick(TXQ);
+        self.pump();
+        self.drv.take_used(TXQ);
     }
 
     pub fn send_raw(&mut self, parts: &[&[u8]]) {
@@ -241,6 +260,51 @@ pub fn read_avail(s: &mut UnixStream, out: &mut Vec<u8>) -> Option<usize> {
             Err(e) => panic!("host read: {e}"),
         }
     }
+}
+
+/// Splits `bytes` into `n` parts whose sizes differ by at most one (some
+/// empty when `bytes` is shorter than `n`).
+pub fn split_even(bytes: &[u8], n: usize) -> Vec<&[u8]> {
+    let (base, extra) = (bytes.len() / n, bytes.len() % n);
+    let mut at = 0;
+    (0..n)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            at += len;
+            &bytes[at - len..at]
+        })
+        .collect()
+}
+
+/// The ways a driver may lay a TX packet (`hdr` + `data`) over descriptors,
+/// each named, as the readable parts of one chain.
+pub fn tx_layouts(hdr: &[u8], data: &[u8]) -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let own = |v: Vec<&[u8]>| v.into_iter().map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let with_hdr = |n| {
+        let mut v = vec![hdr];
+        v.extend(split_even(data, n));
+        own(v)
+    };
+    let one = [hdr, data].concat();
+    let cut = 30 + data.len().min(100);
+    vec![
+        ("header + 1", with_hdr(1)),
+        ("header + 2", with_hdr(2)),
+        ("header + 16", with_hdr(16)),
+        (
+            "header split 20 + 24, then data",
+            own(vec![&hdr[..20], &hdr[20..], data]),
+        ),
+        ("header and data in one", vec![one.clone()]),
+        (
+            "header split, its second part carrying data",
+            vec![
+                one[..20].to_vec(),
+                one[20..cut].to_vec(),
+                one[cut..].to_vec(),
+            ],
+        ),
+    ]
 }
 
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {

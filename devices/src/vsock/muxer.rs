@@ -274,40 +274,62 @@ impl VsockMuxer {
     }
 
     /// Handles one packet the guest sent.
-    pub fn send_pkt(&mut self, pkt: &Packet<'_>) {
-        if let Err(e) = validate_tx(pkt, self.guest_cid) {
+    pub fn send_pkt(&mut self, pkt: &TxPacket<'_>) {
+        let hdr = pkt.hdr();
+        if let Err(e) = validate_tx(hdr, self.guest_cid) {
             self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("vsock: rejected guest packet: {e}");
-            if !matches!(e, PacketError::WrongCid { .. }) && pkt.op() != OP_RST {
-                self.push_stray_rst(pkt);
+            if !matches!(e, PacketError::WrongCid { .. }) && hdr.op() != OP_RST {
+                self.push_stray_rst(hdr);
             }
             return;
         }
         let key = ConnKey {
-            local: pkt.dst_port(),
-            peer: pkt.src_port(),
+            local: hdr.dst_port(),
+            peer: hdr.src_port(),
         };
         match self.conns.get_mut(&key) {
-            Some(conn) if pkt.op() != OP_REQUEST => conn.send_pkt(pkt),
+            Some(conn) if hdr.op() != OP_REQUEST => conn.send_pkt(pkt),
             Some(conn) => conn.reset(),
-            None if pkt.op() == OP_REQUEST => return self.guest_connect(key, pkt),
-            None if pkt.op() != OP_RST => return self.push_stray_rst(pkt),
+            None if hdr.op() == OP_REQUEST => return self.guest_connect(key, hdr),
+            None if hdr.op() != OP_RST => return self.push_stray_rst(hdr),
             None => return,
         }
         self.sync(key);
     }
 
-    fn guest_connect(&mut self, key: ConnKey, pkt: &Packet<'_>) {
+    /// A guest chain whose header was read but whose payload is broken: the
+    /// connection it names is reset (RST to the guest, host stream closed),
+    /// so neither end waits for data that will never come.
+    pub fn reset_for(&mut self, hdr: &Header) {
+        if hdr.src_cid() != self.guest_cid || hdr.dst_cid() != HOST_CID {
+            return;
+        }
+        let key = ConnKey {
+            local: hdr.dst_port(),
+            peer: hdr.src_port(),
+        };
+        match self.conns.get_mut(&key) {
+            Some(conn) => {
+                conn.reset();
+                self.sync(key);
+            }
+            None if hdr.op() != OP_RST => self.push_stray_rst(hdr),
+            None => {}
+        }
+    }
+
+    fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
         if self.conns.len() + self.handshakes.len() >= self.max_conns {
             tracing::warn!(max = self.max_conns, "vsock: connection limit reached");
-            return self.push_stray_rst(pkt);
+            return self.push_stray_rst(hdr);
         }
         let target = format!("{}_{}", self.path.display(), key.local);
         let stream = match UnixStream::connect(&target) {
             Ok(s) if s.set_nonblocking(true).is_ok() => s,
             _ => {
                 tracing::debug!(target, "vsock: nothing listens for the guest's connect");
-                return self.push_stray_rst(pkt);
+                return self.push_stray_rst(hdr);
             }
         };
         let fd = stream.as_raw_fd();
@@ -315,23 +337,23 @@ impl VsockMuxer {
             .epoll_ctl(ControlOperation::Add, fd, EventSet::empty())
             .is_err()
         {
-            return self.push_stray_rst(pkt);
+            return self.push_stray_rst(hdr);
         }
         self.fds.insert(fd, FdOwner::Conn(key));
         self.interest.insert(key, EventSet::empty());
-        self.conns.insert(key, Connection::new_peer(stream, pkt));
+        self.conns.insert(key, Connection::new_peer(stream, hdr));
         self.metrics.conns_opened.fetch_add(1, Ordering::Relaxed);
         self.sync(key);
     }
 
-    fn push_stray_rst(&mut self, pkt: &Packet<'_>) {
+    fn push_stray_rst(&mut self, hdr: &Header) {
         let strays = self
             .rxq
             .iter()
             .filter(|i| matches!(i, RxItem::Rst(_)))
             .count();
         if strays < MAX_STRAY_RSTS {
-            self.rxq.push_back(RxItem::Rst(RxHeader::rst_for(pkt)));
+            self.rxq.push_back(RxItem::Rst(RxHeader::rst_for(hdr)));
         }
     }
 
@@ -374,14 +396,16 @@ impl VsockMuxer {
         }
     }
 
-    /// Fills `pkt` with the next packet owed to the guest; false if none.
-    pub fn recv_pkt(&mut self, pkt: &mut Packet<'_>) -> bool {
+    /// Fills `rx` with the next packet owed to the guest and returns its
+    /// header; None if nothing is owed.
+    pub fn recv_pkt(&mut self, rx: &mut RxBuffer<'_>) -> Option<Header> {
         while let Some(item) = self.rxq.pop_front() {
             let key = match item {
-                RxItem::Rst(hdr) => {
-                    hdr.write_to(pkt, self.guest_cid, 0);
+                RxItem::Rst(rst) => {
+                    let hdr = rst.to_header(self.guest_cid, 0);
+                    rx.write_header(&hdr);
                     self.metrics.rst_sent.fetch_add(1, Ordering::Relaxed);
-                    return true;
+                    return Some(hdr);
                 }
                 RxItem::Conn(key) => key,
             };
@@ -389,16 +413,16 @@ impl VsockMuxer {
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;
             };
-            let produced = conn.recv_pkt(pkt, self.guest_cid);
-            if produced && pkt.op() == OP_RST {
+            let produced = conn.recv_pkt(rx, self.guest_cid);
+            if produced.is_some_and(|h| h.op() == OP_RST) {
                 self.metrics.rst_sent.fetch_add(1, Ordering::Relaxed);
             }
             self.sync(key);
-            if produced {
-                return true;
+            if produced.is_some() {
+                return produced;
             }
         }
-        false
+        None
     }
 
     fn epoll_ctl(&self, op: ControlOperation, fd: RawFd, set: EventSet) -> std::io::Result<()> {

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use vm_memory::Bytes;
@@ -34,11 +35,80 @@ fn malformed_tx_chains_are_dropped_and_counted() {
         .add_raw(TXQ, &[(a, HDR as u32, VRING_DESC_F_NEXT as u16, head)])
         .unwrap();
     h.drv.kick(TXQ);
-    // Data past the end of guest memory.
-    let mut hdr = Hdr::guest(90, local, OP_RW);
+    // A chain that ends at a device-writable descriptor.
+    h.drv.add_chain(TXQ, &[&[0u8; 30]], &[64]).unwrap();
+    h.drv.kick(TXQ);
+    h.pump();
+    h.drv.take_used(TXQ);
+
+    assert_eq!(h.metric(|m| &m.malformed), 3);
+    assert!(h.recv().is_empty(), "no header, nobody to reset");
+    still_serves(&mut h, &mut host, local, 90);
+}
+
+/// Captures what `tracing` prints while `f` runs on this thread.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = sink.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+fn assert_reset(h: &mut Harness, host: &mut UnixStream, port: u32, local: u32) {
+    let rst = h
+        .recv()
+        .into_iter()
+        .find(|(p, _)| p.op == OP_RST)
+        .expect("the guest got an RST");
+    assert_eq!((rst.0.src_port, rst.0.dst_port), (local, port));
+    assert_eq!(
+        read_avail(host, &mut Vec::new()),
+        None,
+        "host stream closed"
+    );
+    assert_eq!(h.conns(), 0);
+}
+
+#[test]
+fn a_header_claiming_more_than_its_chain_resets_that_connection_with_a_warning() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(93);
+    let mut hdr = Hdr::guest(93, local, OP_RW);
+    hdr.len = 8192;
+    let log = logged(|| h.send_raw(&[&hdr.bytes(), &[7u8; 4096]]));
+    assert!(
+        log.contains("WARN") && log.contains("malformed TX chain"),
+        "{log}"
+    );
+    assert_reset(&mut h, &mut host, 93, local);
+    let (mut host, local) = h.host_connect(93);
+    still_serves(&mut h, &mut host, local, 93);
+}
+
+#[test]
+fn payload_past_guest_memory_or_past_the_cap_resets_the_connection() {
+    let mut h = Harness::new();
+    let (mut host, local) = h.host_connect(94);
+    let mut hdr = Hdr::guest(94, local, OP_RW);
     hdr.len = 4096;
-    let head = h.drv.free_slots(TXQ) as u16 * 2 - 2;
-    let a = slot_addr(&h, head);
+    let head = h.drv.next_head(TXQ).unwrap();
+    let a = h.drv.buf_addr(TXQ, head).0;
     h.drv
         .mem
         .write_slice(&hdr.bytes(), vm_memory::GuestAddress(a))
@@ -51,9 +121,16 @@ fn malformed_tx_chains_are_dropped_and_counted() {
     h.drv.kick(TXQ);
     h.pump();
     h.drv.take_used(TXQ);
+    assert_reset(&mut h, &mut host, 94, local);
 
-    assert_eq!(h.metric(|m| &m.malformed), 3);
-    still_serves(&mut h, &mut host, local, 90);
+    let (mut host, local) = h.host_connect(94);
+    let mut hdr = Hdr::guest(94, local, OP_RW);
+    hdr.len = MAX_PKT_DATA + 1;
+    h.send_raw(&[&hdr.bytes(), b"x"]);
+    assert_reset(&mut h, &mut host, 94, local);
+    assert_eq!(h.metric(|m| &m.malformed), 2);
+    let (mut host, local) = h.host_connect(94);
+    still_serves(&mut h, &mut host, local, 94);
 }
 
 #[test]
@@ -81,9 +158,6 @@ fn bad_header_fields_get_rst_or_are_dropped() {
         },
         b"spoofed",
     );
-    let mut hdr = Hdr::guest(91, local, OP_RW);
-    hdr.len = MAX_PKT_DATA + 1;
-    h.send_raw(&[&hdr.bytes(), b"x"]);
     let rsts: Vec<u32> = h
         .recv()
         .iter()
@@ -91,7 +165,7 @@ fn bad_header_fields_get_rst_or_are_dropped() {
         .map(|(p, _)| p.src_port)
         .collect();
     assert_eq!(rsts, [4444, 4445]);
-    assert_eq!(h.metric(|m| &m.malformed), 4);
+    assert_eq!(h.metric(|m| &m.malformed), 3);
     still_serves(&mut h, &mut host, local, 91);
 }
 

@@ -4,5 +4,6 @@
 
 mod flows;
 mod hostile;
+mod layouts;
 
 pub(super) use super::harness::*;
