@@ -1,7 +1,6 @@
 //! The `husk` binary: one host program for every husk role.
 
 mod cli;
-mod size;
 
 use std::process::ExitCode;
 

@@ -10,16 +10,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest_assets, kvm_or_skip, wait_for_console};
+use common::{guest_assets, kvm_or_skip, vm_config, TestVm};
 use husk_agent_protocol::agent::{self, health_check_response::ServingStatus};
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc;
 use husk_runtime::agent_client::{
     connect_agent, connect_vsock, AgentConnectError, AGENT_VSOCK_PORT,
 };
+use husk_vmm::{FsConfig, VsockSpec};
 
 /// Every guest syscall costs ~300 us here; one RPC may take many.
 const RPC_TIMEOUT: Duration = Duration::from_secs(600);
@@ -29,13 +30,12 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
 }
 
-/// `husk vm` running the agent; killed when dropped so a failed assertion
-/// leaves no guest behind.
+/// The agent's VM, stopped when dropped so a failed assertion leaves no
+/// guest behind.
 struct AgentGuest {
-    child: Child,
+    vm: TestVm,
     dir: PathBuf,
     uds: PathBuf,
-    console: PathBuf,
     /// Host busybox rootfs shared with the guest as virtio-fs tag `SHARE_TAG`.
     share: PathBuf,
 }
@@ -46,7 +46,6 @@ impl AgentGuest {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let uds = dir.join("vsock.sock");
-        let console = dir.join("console");
         let share = dir.join("share");
         let built = Command::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -57,27 +56,17 @@ impl AgentGuest {
         .status()
         .unwrap();
         assert!(built.success(), "building the shared busybox rootfs failed");
-        let child = Command::new(env!("CARGO_BIN_EXE_husk"))
-            .args(["vm", "--mem", &format!("{GUEST_MEM_MIB}M"), "--cpus", "1"])
-            .args(["--cmdline", "console=ttyS0 reboot=k panic=-1"])
-            .arg("--vsock")
-            .arg(format!("cid=3,uds={}", uds.display()))
-            .arg("--fs")
-            .arg(format!("{SHARE_TAG}={}", share.display()))
-            .arg("--kernel")
-            .arg(&guest_assets().kernel)
-            .arg("--initrd")
-            .arg(initrd)
-            .arg("--console")
-            .arg(&console)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut config = vm_config(GUEST_MEM_MIB, 1, "console=ttyS0 reboot=k panic=-1");
+        config.initrd = Some(initrd.to_path_buf());
+        config.vsock = Some(VsockSpec {
+            cid: 3,
+            uds: uds.clone(),
+        });
+        config.fs = vec![FsConfig::new(SHARE_TAG, &share)];
         AgentGuest {
-            child,
+            vm: TestVm::start(&config),
             dir,
             uds,
-            console,
             share,
         }
     }
@@ -85,10 +74,9 @@ impl AgentGuest {
 
 impl Drop for AgentGuest {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.vm.vm.stop();
         if std::thread::panicking() {
-            let console = std::fs::read_to_string(&self.console).unwrap_or_default();
+            let console = self.vm.console.text();
             let lines: Vec<&str> = console.lines().collect();
             let tail = lines[lines.len().saturating_sub(30)..].join("\n");
             eprintln!("guest console (last lines):\n{tail}");
@@ -282,12 +270,8 @@ fn agent_as_pid1_answers_over_vsock() {
     }
     let assets = guest_assets();
     let started = Instant::now();
-    let mut guest = AgentGuest::boot(&assets.agent_initrd);
-    let console = wait_for_console(
-        &guest.console,
-        "serving ttrpc on vsock://-1:1024",
-        &mut guest.child,
-    );
+    let guest = AgentGuest::boot(&assets.agent_initrd);
+    let console = guest.vm.wait_for("serving ttrpc on vsock://-1:1024");
     let serving = started.elapsed();
 
     // Nothing listens on the next port: the handshake says so.
@@ -310,7 +294,7 @@ fn agent_as_pid1_answers_over_vsock() {
         (started.elapsed() - answered).as_secs_f64()
     );
 
-    let console = std::fs::read_to_string(&guest.console).unwrap();
+    let console = guest.vm.console.text();
     assert!(
         console.contains("cgroup controllers enabled"),
         "PID-1 setup did not finish:\n{console}"

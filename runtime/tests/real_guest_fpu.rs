@@ -13,17 +13,13 @@ fn processes_keep_their_own_vector_registers() {
     if !kvm_or_skip("processes_keep_their_own_vector_registers") {
         return;
     }
-    let run = boot("fpu-leak", &guest_assets().initrd, 1, "fpu-leak");
+    let run = boot(&guest_assets().initrd, 1, "fpu-leak");
     let c = &run.console;
     assert!(
         c.contains("fpu-leak: user CPUID says"),
-        "the check did not start:\n{c}\n{}",
-        run.stderr()
+        "the check did not start:\n{c}\n{:?}",
+        run.result
     );
     assert!(c.contains("HUSK-FPU-LEAK-CLEAN"), "state leaked:\n{c}");
-    assert!(
-        run.output.status.success(),
-        "husk vm failed: {}",
-        run.stderr()
-    );
+    run.assert_powered_off();
 }

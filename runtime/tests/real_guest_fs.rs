@@ -12,10 +12,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Instant;
 
-use common::{guest_assets, kvm_or_skip};
+use common::{guest_assets, kvm_or_skip, vm_config, TestVm};
+use husk_vmm::{FsConfig, PmemSpec};
 
 /// EROFS: what a write to a read-only filesystem gets.
 const EROFS_ERRNO: &str = "30";
@@ -48,7 +48,6 @@ fn guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share() {
     let before = std::fs::read(&assets.pmem_image).unwrap();
     let dir = std::env::temp_dir().join(format!("husk-fs-real-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let console = dir.join("console");
     let share = dir.join("share");
     std::fs::create_dir_all(&share).unwrap();
     let big: Vec<u8> = (0..BIG_LEN as u32)
@@ -56,29 +55,22 @@ fn guest_boots_from_dax_pmem_and_uses_a_virtio_fs_share() {
         .collect();
     std::fs::write(share.join(BIG_FILE), &big).unwrap();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_husk"))
-        .args(["vm", "--mem", "256M", "--cpus", "1"])
-        .arg("--cmdline")
-        .arg(format!(
-            "console=ttyS0 reboot=k panic=-1 -- fs {TAG} {BIG_FILE} {GUEST_FILE} dax=always"
-        ))
-        .arg("--fs")
-        .arg(format!("{TAG}={},dax=64M", share.display()))
-        .arg("--kernel")
-        .arg(&assets.kernel)
-        .arg("--pmem")
-        .arg(format!("{},ro", assets.pmem_image.display()))
-        .arg("--console")
-        .arg(&console)
-        .output()
-        .unwrap();
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
-    eprintln!("guest ran for {:?}", started.elapsed());
-    assert!(
-        out.status.success(),
-        "{}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut config = vm_config(
+        256,
+        1,
+        &format!("console=ttyS0 reboot=k panic=-1 -- fs {TAG} {BIG_FILE} {GUEST_FILE} dax=always"),
     );
+    let mut fs = FsConfig::new(TAG, &share);
+    fs.dax_window = Some(64 << 20);
+    config.fs = vec![fs];
+    config.pmem = vec![PmemSpec {
+        path: assets.pmem_image.clone(),
+        read_only: true,
+    }];
+    let run = TestVm::start(&config).finish();
+    let text = run.console.clone();
+    eprintln!("guest ran for {:?}", started.elapsed());
+    run.assert_powered_off();
     assert!(text.contains("HUSK-FS-DONE"), "{text}");
 
     let mounts = marker_lines(&text, "HUSK-MOUNT ");

@@ -2,8 +2,8 @@
 //! the one thread that runs all their event handling.
 //!
 //! Each device gets a 4 KiB virtio-mmio window in the MMIO gap and one legacy
-//! IRQ from 5 up, announced with `virtio_mmio.device=4K@<base>:<irq>` on the
-//! kernel command line. Queue notifications arrive by ioeventfd and
+//! IRQ from the VM's `GuestResources`, announced with
+//! `virtio_mmio.device=4K@<base>:<irq>` on the kernel command line. Queue notifications arrive by ioeventfd and
 //! interrupts leave by irqfd, so the vCPU threads never run device code for
 //! them; the device thread runs event-manager, one `process()` per device.
 
@@ -25,14 +25,11 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::boot::cmdline::{CmdlineBuildError, KernelCmdline};
 use crate::device_memory::{DeviceMemory, DeviceMemoryError, SlotAccess};
-use crate::layout::MMIO_GAP_START;
 use crate::pmem::{ImageFs, PmemImage, PmemImageError, PmemSpec};
+use crate::resources::{GuestResources, ResourceError};
 
-/// First legacy IRQ for virtio devices (0-4 are PIT, keyboard, cascade, COM2, COM1).
-const FIRST_VIRTIO_IRQ: u32 = 5;
-/// Legacy IRQs the MP table routes (IOAPIC pins).
-const LAST_VIRTIO_IRQ: u32 = 23;
 /// Open guest connections one vsock device allows.
 const VSOCK_MAX_CONNECTIONS: usize = 1024;
 
@@ -45,8 +42,10 @@ pub struct VsockSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("too many virtio devices: only IRQs {FIRST_VIRTIO_IRQ}-{LAST_VIRTIO_IRQ} are free")]
-    NoIrq,
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineBuildError),
     #[error("cannot create the vsock device: {0}")]
     Vsock(#[from] husk_devices::vsock::VsockError),
     #[error("cannot create the virtio-fs device: {0}")]
@@ -74,14 +73,24 @@ pub enum DeviceError {
     Thread(std::io::Error),
 }
 
+/// What adding a device touches: the VM, its memory and MMIO bus, the
+/// resources devices take, device memory, and the command line that
+/// announces each device to the guest.
+pub struct DeviceContext<'a> {
+    pub vm: &'a VmFd,
+    pub mem: &'a GuestMemoryMmap,
+    pub mmio: &'a mut Bus,
+    pub res: &'a mut GuestResources,
+    pub dev_mem: &'a mut DeviceMemory,
+    pub cmdline: &'a mut KernelCmdline,
+}
+
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// Virtio devices being set up for one VM.
 #[derive(Default)]
 pub struct DeviceManager {
     subscribers: Vec<Subscriber>,
-    /// Kernel command-line words announcing the devices.
-    pub cmdline: Vec<String>,
 }
 
 impl DeviceManager {
@@ -92,9 +101,7 @@ impl DeviceManager {
     /// Adds a vsock device bridged to host Unix sockets at `spec.uds`.
     pub fn add_vsock(
         &mut self,
-        vm: &VmFd,
-        mem: &GuestMemoryMmap,
-        mmio: &mut Bus,
+        ctx: &mut DeviceContext,
         spec: &VsockSpec,
     ) -> Result<(), DeviceError> {
         let config = VsockConfig {
@@ -104,26 +111,25 @@ impl DeviceManager {
             handshake_timeout: husk_devices::vsock::DEFAULT_HANDSHAKE_TIMEOUT,
         };
         let device = Arc::new(Mutex::new(VsockDevice::new(&config)?));
-        self.add_mmio(vm, mem, mmio, device.clone())?;
+        self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
         Ok(())
     }
 
-    /// Adds a virtio-pmem device for the image in `spec`, mapped into `dev_mem`;
-    /// returns the filesystem the image holds.
+    /// Adds a virtio-pmem device for the image in `spec`, mapped into device
+    /// memory; returns the filesystem the image holds.
     pub fn add_pmem(
         &mut self,
-        vm: &VmFd,
-        mem: &GuestMemoryMmap,
-        mmio: &mut Bus,
-        dev_mem: &mut DeviceMemory,
+        ctx: &mut DeviceContext,
         spec: &PmemSpec,
         kvm_readonly_mem: bool,
     ) -> Result<ImageFs, DeviceError> {
         let image = PmemImage::open(spec, kvm_readonly_mem)?;
         let size = image.mapping.size() as u64;
         let fs = image.fs;
-        let base = dev_mem.add_mapping(vm, image.mapping, image.plan.access)?;
+        let base = ctx
+            .dev_mem
+            .add_mapping(ctx.vm, ctx.res, image.mapping, image.plan.access)?;
         tracing::info!(
             path = %spec.path.display(),
             base = format_args!("{:#x}", base.0),
@@ -133,7 +139,7 @@ impl DeviceManager {
             "pmem image mapped"
         );
         let device = Arc::new(Mutex::new(PmemDevice::new(image.file, base.0, size)?));
-        self.add_mmio(vm, mem, mmio, device.clone())?;
+        self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
         Ok(fs)
     }
@@ -142,20 +148,18 @@ impl DeviceManager {
     /// if any, becomes device memory the guest reaches without exits.
     pub fn add_fs(
         &mut self,
-        vm: &VmFd,
-        mem: &GuestMemoryMmap,
-        mmio: &mut Bus,
-        dev_mem: &mut DeviceMemory,
+        ctx: &mut DeviceContext,
         config: &FsConfig,
     ) -> Result<(), DeviceError> {
         let mut device = FsDevice::new(config)?;
         for region in device.shm_regions() {
-            let base = dev_mem.allocate(region.len)?;
+            let base = ctx.res.device_memory(region.len)?;
             // SAFETY: the device owns the window's mapping and lives on the
             // device thread, which `Vm::run` stops only after every vCPU.
             unsafe {
-                dev_mem.register(
-                    vm,
+                ctx.dev_mem.register(
+                    ctx.vm,
+                    ctx.res,
                     base,
                     region.host_addr,
                     region.len,
@@ -171,50 +175,47 @@ impl DeviceManager {
             );
         }
         let device = Arc::new(Mutex::new(device));
-        self.add_mmio(vm, mem, mmio, device.clone())?;
+        self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
         Ok(())
     }
 
     fn add_mmio<D>(
         &mut self,
-        vm: &VmFd,
-        mem: &GuestMemoryMmap,
-        mmio: &mut Bus,
+        ctx: &mut DeviceContext,
         device: Arc<Mutex<D>>,
     ) -> Result<(), DeviceError>
     where
         D: VirtioDevice + 'static,
     {
-        let index = self.cmdline.len() as u32;
-        let irq = FIRST_VIRTIO_IRQ + index;
-        if irq > LAST_VIRTIO_IRQ {
-            return Err(DeviceError::NoIrq);
-        }
-        let base = MMIO_GAP_START + u64::from(index) * MMIO_LEN;
+        let base = ctx.res.mmio_window()?;
+        let irq = ctx.res.irq()?;
+        debug_assert_eq!(MMIO_LEN, crate::resources::MMIO_WINDOW);
         let interrupt = Arc::new(IrqFdInterrupt::new(
             EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?,
         ));
-        vm.register_irqfd(interrupt.irqfd(), irq)
+        ctx.vm
+            .register_irqfd(interrupt.irqfd(), irq)
             .map_err(|source| DeviceError::Kvm {
                 what: "the device irqfd",
                 source,
             })?;
-        let transport = MmioTransport::new(mem.clone(), device, interrupt)?;
+        let transport = MmioTransport::new(ctx.mem.clone(), device, interrupt)?;
         for (queue, evt) in transport.queue_evts().iter().enumerate() {
-            vm.register_ioevent(
-                evt,
-                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
-                queue as u32,
-            )
-            .map_err(|source| DeviceError::Kvm {
-                what: "a queue ioeventfd",
-                source,
-            })?;
+            ctx.vm
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base.0 + QUEUE_NOTIFY_OFFSET),
+                    queue as u32,
+                )
+                .map_err(|source| DeviceError::Kvm {
+                    what: "a queue ioeventfd",
+                    source,
+                })?;
         }
-        mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_LEN)?;
-        self.cmdline
-            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        ctx.mmio
+            .insert(Arc::new(Mutex::new(transport)), base.0, MMIO_LEN)?;
+        ctx.cmdline.add_virtio_mmio(base, irq)?;
         Ok(())
     }
 

@@ -14,8 +14,8 @@ use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemory
 
 use crate::boot::cpu_state;
 use crate::boot::kernel::KernelEntry;
+use crate::compat::cpuid;
 use crate::compat::CompatProfile;
-use crate::cpuid;
 use crate::vcpu::kick_signal;
 
 /// Where KVM may put the TSS it needs for real-mode emulation: just below the BIOS.

@@ -1,31 +1,34 @@
 //! husk's in-process KVM virtual machine monitor.
 //!
+//! `handle` is the API: `VmHandle` builds a VM and runs it on its own thread.
 //! `vm` ties the pieces together: `memory` (guest RAM), `boot` (kernel,
-//! initrd, boot parameters, MP table, initial CPU state), `kvm_setup` (VM and
-//! vCPU ioctls), `device_memory` and `pmem` (host mappings above RAM: pmem
-//! images, shared-memory windows), `cpuid` and `compat` (what the guest CPU looks like, and the
-//! profile for software-KVM hosts), `vcpu` (run loop), `guest_walk`
-//! (reading guest memory through the guest's page tables) and
-//! `insn_fallback` (instructions the host's KVM cannot emulate).
+//! initrd, command line, boot parameters, MP table, initial CPU state),
+//! `kvm_setup` (VM and vCPU ioctls), `resources` (the one allocator of MMIO
+//! windows, IRQs, memory slots and device-memory ranges), `device_manager`
+//! (virtio devices and their thread), `device_memory` and `pmem` (host
+//! mappings above RAM: pmem images, shared-memory windows), `vcpu` (run
+//! loop), and `compat` (everything for software-KVM hosts: the profile,
+//! CPUID, instruction fallbacks, the guest page walker).
 
 pub mod boot;
 pub mod compat;
-pub mod cpuid;
+pub mod console_watch;
 pub mod device_manager;
 pub mod device_memory;
-pub mod guest_walk;
-pub mod insn_fallback;
+pub mod handle;
 pub mod kvm_setup;
 pub mod layout;
 pub mod memory;
 pub mod pmem;
+pub mod resources;
 pub mod testing;
 pub mod vcpu;
 pub mod vm;
-pub mod xsave_fallback;
 
 pub use compat::{CompatMode, CompatProfile, HostKvm};
+pub use console_watch::{ConsoleWaitError, ConsoleWatch};
 pub use device_manager::VsockSpec;
+pub use handle::{VmEvent, VmHandle};
 pub use husk_devices::fs::{CacheMode, FsConfig};
 pub use pmem::PmemSpec;
-pub use vm::{ConsoleTarget, RunReport, Vm, VmConfig, VmError, VmOutcome};
+pub use vm::{ConsoleTarget, RunReport, Vm, VmConfig, VmError, VmOutcome, VmStopper};

@@ -16,9 +16,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::guest_walk;
-use crate::insn_fallback::{self, Fallback};
-use crate::xsave_fallback::{self, XsaveInsn, XsaveLayout, XsaveOp};
+use crate::compat::guest_walk;
+use crate::compat::insn_fallback::{self, Fallback};
+use crate::compat::xsave_fallback::{self, XsaveInsn, XsaveLayout, XsaveOp};
 
 const GP_VECTOR: u8 = 13;
 

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,29 +21,33 @@ use husk_devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use husk_devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use husk_devices::legacy::{ConsoleLog, ConsoleWriter, SerialConsole, I8042};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::kernel::{self, KernelEntry};
+use crate::boot::cmdline::{CmdlineBuildError, KernelCmdline, DEFAULT_CMDLINE};
+use crate::boot::kernel::{self, KernelEntry, LoadedKernel};
 use crate::boot::{cpu_state, mptable, params};
 use crate::compat::{CompatMode, CompatProfile, HostKvm};
-use crate::device_manager::{DeviceError, DeviceManager, DeviceThread, VsockSpec};
+use crate::console_watch::ConsoleWatch;
+use crate::device_manager::{DeviceContext, DeviceError, DeviceManager, DeviceThread, VsockSpec};
 use crate::device_memory::DeviceMemory;
+use crate::handle::VmEvent;
 use crate::kvm_setup::{self, KvmSetupError};
 use crate::memory::{self, MemoryError};
 use crate::pmem::PmemSpec;
+use crate::resources::GuestResources;
 use crate::vcpu::{kick_signal, Vcpu, VcpuEvent};
 
-/// Base command line when the user gives none.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 const PANIC_CONTEXT_LINES: usize = 12;
 
 #[derive(Debug, Clone)]
 pub enum ConsoleTarget {
     Stdout,
     File(PathBuf),
+    /// Kept in memory for whoever waits on it.
+    Watch(ConsoleWatch),
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +81,8 @@ pub enum VmError {
     Kernel(#[from] kernel::KernelError),
     #[error(transparent)]
     BootParams(#[from] params::BootParamsError),
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineBuildError),
     #[error(transparent)]
     MpTable(#[from] mptable::MpTableError),
     #[error("cannot write boot tables to guest memory: {0}")]
@@ -117,6 +123,8 @@ pub enum VmOutcome {
     /// The guest rebooted (i8042 reset, triple fault): husk treats it as the end.
     Reset,
     PowerOff,
+    /// The host stopped it (`VmStopper::stop`).
+    Stopped,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +149,8 @@ pub struct Vm {
     device_thread: Option<DeviceThread>,
     /// Written by a vCPU after it sends a `VcpuEvent`.
     vcpu_wake: EventFd,
+    /// Written by a `VmStopper` to end the VM from the host.
+    stop_evt: EventFd,
     stop: Arc<AtomicBool>,
     events: Receiver<VcpuEvent>,
     cmdline: String,
@@ -156,91 +166,55 @@ impl Vm {
         let profile = CompatProfile::select(config.compat, HostKvm::detect());
         let (kvm, fd) = kvm_setup::create_vm()?;
         kvm_setup::register_memory(&fd, &mem)?;
+        let mut res = GuestResources::new(&mem);
+        let mut cmdline = KernelCmdline::new(config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))?;
 
         let loaded = kernel::load_kernel(&mem, &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(path) => Some(kernel::load_initrd(
-                &mem,
-                path,
-                loaded.end,
-                config.mem_bytes,
-            )?),
-            None => None,
-        };
         let mut mmio = Bus::new();
+        let mut device_memory = DeviceMemory::new();
         let mut devices = DeviceManager::new();
-        if let Some(spec) = &config.vsock {
-            devices.add_vsock(&fd, &mem, &mut mmio, spec)?;
-        }
-        let mut device_memory = DeviceMemory::new(&mem);
-        for share in &config.fs {
-            devices.add_fs(&fd, &mem, &mut mmio, &mut device_memory, share)?;
-        }
-        let root_words = add_pmem_devices(
-            config,
-            &kvm,
-            &fd,
-            &mem,
-            &mut mmio,
-            &mut devices,
-            &mut device_memory,
-        )?;
-        let mut kernel_words = devices.cmdline.clone();
-        kernel_words.extend(root_words);
+        let mut ctx = DeviceContext {
+            vm: &fd,
+            mem: &mem,
+            mmio: &mut mmio,
+            res: &mut res,
+            dev_mem: &mut device_memory,
+            cmdline: &mut cmdline,
+        };
+        add_virtio_devices(config, &kvm, &mut devices, &mut ctx)?;
         if let Some(p) = &profile {
             tracing::info!("host compatibility profile: {p}");
-            kernel_words.push(p.cmdline.to_string());
+            cmdline.push(p.cmdline)?;
         }
-        let base = config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
-        let cmdline = with_kernel_words(base, &kernel_words);
-        let parsed = params::cmdline(&cmdline)?;
-        mptable::setup(&mem, config.cpus)?;
-        let boot_info = match &loaded.entry {
-            KernelEntry::Pvh(_) => params::write_pvh(&mem, config.mem_bytes, &parsed, initrd)?,
-            KernelEntry::Linux64 { header, .. } => {
-                params::write_zero_page(&mem, config.mem_bytes, &parsed, initrd, *header)?
-            }
-        };
-        cpu_state::write_tables(&mem, &loaded.entry).map_err(VmError::BootTables)?;
+        let boot_info = write_boot_state(config, &mem, &loaded, &cmdline)?;
 
         let console_log = ConsoleLog::new();
         let power_off_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         console_log.notify_power_off(power_off_evt.try_clone().map_err(VmError::EventFd)?);
         let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
         let pio = Arc::new(legacy_devices(&fd, config, &console_log, &reset_evt)?);
-        let mmio = Arc::new(mmio);
         let device_thread = devices.start()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = channel();
         let vcpu_wake = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        let supported = kvm_setup::supported_cpuid(&kvm)?;
-        let mut vcpus = Vec::with_capacity(config.cpus as usize);
-        for id in 0..config.cpus {
-            let vcpu_fd = fd
-                .create_vcpu(id as u64)
-                .map_err(KvmSetupError::CreateVcpu)?;
-            let boot = (id == 0).then_some((&loaded.entry, boot_info));
-            kvm_setup::configure_vcpu(
-                &vcpu_fd,
-                id,
-                config.cpus,
-                &supported,
-                profile.as_ref(),
-                boot,
-            )?;
-            vcpus.push(Vcpu {
-                id,
-                fd: vcpu_fd,
-                pio: pio.clone(),
-                mmio: mmio.clone(),
-                mem: mem.clone(),
-                emulate_missing: profile.as_ref().is_some_and(|p| p.emulate_missing),
-                on_first_entry: if id == 0 { config.on_first_entry } else { None },
-                stop: stop.clone(),
-                events: tx.clone(),
-                wake: vcpu_wake.try_clone().map_err(VmError::EventFd)?,
-            });
-        }
+        let shared = VcpuShared {
+            pio,
+            mmio: Arc::new(mmio),
+            mem: mem.clone(),
+            emulate_missing: profile.as_ref().is_some_and(|p| p.emulate_missing),
+            stop: stop.clone(),
+            events: tx,
+            wake: &vcpu_wake,
+        };
+        let vcpus = create_vcpus(
+            &kvm,
+            &fd,
+            config,
+            profile.as_ref(),
+            &loaded.entry,
+            boot_info,
+            &shared,
+        )?;
         Ok(Self {
             _kvm: kvm,
             _fd: fd,
@@ -251,11 +225,19 @@ impl Vm {
             reset_evt,
             power_off_evt,
             vcpu_wake,
+            stop_evt: EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?,
             device_thread,
             stop,
             events,
-            cmdline,
+            cmdline: cmdline.render(),
         })
+    }
+
+    /// Something another thread can use to end this VM.
+    pub fn stopper(&self) -> Result<VmStopper, VmError> {
+        Ok(VmStopper(
+            self.stop_evt.try_clone().map_err(VmError::EventFd)?,
+        ))
     }
 
     /// The command line the guest is given.
@@ -264,7 +246,12 @@ impl Vm {
     }
 
     /// Runs the guest to its end.
-    pub fn run(mut self) -> Result<RunReport, VmError> {
+    pub fn run(self) -> Result<RunReport, VmError> {
+        self.run_reporting(None)
+    }
+
+    /// Runs the guest to its end, telling `events` when it starts running.
+    pub fn run_reporting(mut self, events: Option<Sender<VmEvent>>) -> Result<RunReport, VmError> {
         kvm_setup::install_kick_handler();
         let mut threads = Vec::new();
         for vcpu in self.vcpus.drain(..) {
@@ -275,7 +262,7 @@ impl Vm {
                 .map_err(VmError::Thread)?;
             threads.push(handle);
         }
-        let result = self.control_loop();
+        let result = self.control_loop(events.as_ref());
         self.stop_vcpus(threads);
         if let Some(devices) = self.device_thread.take() {
             devices.stop();
@@ -283,15 +270,17 @@ impl Vm {
         result
     }
 
-    fn control_loop(&self) -> Result<RunReport, VmError> {
+    fn control_loop(&self, listener: Option<&Sender<VmEvent>>) -> Result<RunReport, VmError> {
         const RESET: u64 = 0;
         const VCPU: u64 = 1;
         const POWER_OFF: u64 = 2;
+        const STOP: u64 = 3;
         let epoll = Epoll::new().map_err(VmError::EventLoop)?;
         for (fd, token) in [
             (self.reset_evt.as_raw_fd(), RESET),
             (self.vcpu_wake.as_raw_fd(), VCPU),
             (self.power_off_evt.as_raw_fd(), POWER_OFF),
+            (self.stop_evt.as_raw_fd(), STOP),
         ] {
             epoll
                 .ctl(
@@ -302,7 +291,7 @@ impl Vm {
                 .map_err(VmError::EventLoop)?;
         }
         let mut first_entry = None;
-        let mut ready = [EpollEvent::default(); 3];
+        let mut ready = [EpollEvent::default(); 4];
         loop {
             let n = match epoll.wait(-1, &mut ready) {
                 Ok(n) => n,
@@ -313,12 +302,23 @@ impl Vm {
                 match event.data() {
                     RESET => return self.ended(VmOutcome::Reset, first_entry),
                     POWER_OFF => return self.ended(VmOutcome::PowerOff, first_entry),
+                    STOP => {
+                        return Ok(RunReport {
+                            outcome: VmOutcome::Stopped,
+                            first_entry,
+                        })
+                    }
                     _ => {}
                 }
                 let _ = self.vcpu_wake.read();
                 while let Ok(event) = self.events.try_recv() {
                     match event {
-                        VcpuEvent::FirstEntry { at } => first_entry = Some(at),
+                        VcpuEvent::FirstEntry { at } => {
+                            first_entry = Some(at);
+                            if let Some(l) = listener {
+                                let _ = l.send(VmEvent::Running { at });
+                            }
+                        }
                         VcpuEvent::Reset { .. } => {
                             return self.ended(VmOutcome::Reset, first_entry)
                         }
@@ -378,54 +378,124 @@ impl Vm {
     }
 }
 
-/// Adds the pmem devices; returns the kernel parameters that boot from the
-/// first image when there is no initrd and the command line names no root.
-fn add_pmem_devices(
-    config: &VmConfig,
+/// Handles to another thread's way of ending a VM: the VM's control loop
+/// sees the write, stops every vCPU and the devices, and `run` returns
+/// `VmOutcome::Stopped`.
+pub struct VmStopper(EventFd);
+
+impl VmStopper {
+    pub fn stop(&self) {
+        if let Err(e) = self.0.write(1) {
+            tracing::error!("cannot ask the VM to stop: {e}");
+        }
+    }
+}
+
+/// What every vCPU shares.
+struct VcpuShared<'a> {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    mem: GuestMemoryMmap,
+    emulate_missing: bool,
+    stop: Arc<AtomicBool>,
+    events: Sender<VcpuEvent>,
+    wake: &'a EventFd,
+}
+
+fn create_vcpus(
     kvm: &Kvm,
     fd: &VmFd,
+    config: &VmConfig,
+    profile: Option<&CompatProfile>,
+    entry: &KernelEntry,
+    boot_info: GuestAddress,
+    shared: &VcpuShared,
+) -> Result<Vec<Vcpu>, VmError> {
+    let supported = kvm_setup::supported_cpuid(kvm)?;
+    let mut vcpus = Vec::with_capacity(config.cpus as usize);
+    for id in 0..config.cpus {
+        let vcpu_fd = fd
+            .create_vcpu(id as u64)
+            .map_err(KvmSetupError::CreateVcpu)?;
+        let boot = (id == 0).then_some((entry, boot_info));
+        kvm_setup::configure_vcpu(&vcpu_fd, id, config.cpus, &supported, profile, boot)?;
+        vcpus.push(Vcpu {
+            id,
+            fd: vcpu_fd,
+            pio: shared.pio.clone(),
+            mmio: shared.mmio.clone(),
+            mem: shared.mem.clone(),
+            emulate_missing: shared.emulate_missing,
+            on_first_entry: if id == 0 { config.on_first_entry } else { None },
+            stop: shared.stop.clone(),
+            events: shared.events.clone(),
+            wake: shared.wake.try_clone().map_err(VmError::EventFd)?,
+        });
+    }
+    Ok(vcpus)
+}
+
+/// The initrd, the MP table, the boot parameters (PVH start info or zero
+/// page, with the final command line) and the boot page tables; returns
+/// the boot information's address for the boot vCPU.
+fn write_boot_state(
+    config: &VmConfig,
     mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
+    loaded: &LoadedKernel,
+    cmdline: &KernelCmdline,
+) -> Result<GuestAddress, VmError> {
+    let initrd = match &config.initrd {
+        Some(path) => Some(kernel::load_initrd(
+            mem,
+            path,
+            loaded.end,
+            config.mem_bytes,
+        )?),
+        None => None,
+    };
+    mptable::setup(mem, config.cpus)?;
+    let parsed = cmdline.as_cmdline();
+    let boot_info = match &loaded.entry {
+        KernelEntry::Pvh(_) => params::write_pvh(mem, config.mem_bytes, parsed, initrd)?,
+        KernelEntry::Linux64 { header, .. } => {
+            params::write_zero_page(mem, config.mem_bytes, parsed, initrd, *header)?
+        }
+    };
+    cpu_state::write_tables(mem, &loaded.entry).map_err(VmError::BootTables)?;
+    Ok(boot_info)
+}
+
+/// Adds vsock, virtio-fs and pmem devices; without an initrd (and with no
+/// `root=` from the user) the guest boots from the first pmem image.
+fn add_virtio_devices(
+    config: &VmConfig,
+    kvm: &Kvm,
     devices: &mut DeviceManager,
-    device_memory: &mut DeviceMemory,
-) -> Result<Vec<String>, VmError> {
+    ctx: &mut DeviceContext,
+) -> Result<(), VmError> {
+    if let Some(spec) = &config.vsock {
+        devices.add_vsock(ctx, spec)?;
+    }
+    for share in &config.fs {
+        devices.add_fs(ctx, share)?;
+    }
     if config.pmem.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let readonly_mem = kvm.check_extension(Cap::ReadonlyMem);
     tracing::debug!(readonly_mem, "KVM_CAP_READONLY_MEM");
     let mut filesystems = Vec::new();
     for spec in &config.pmem {
-        filesystems.push(devices.add_pmem(fd, mem, mmio, device_memory, spec, readonly_mem)?);
+        filesystems.push(devices.add_pmem(ctx, spec, readonly_mem)?);
     }
-    let user_root = config.cmdline.as_deref().is_some_and(|c| {
-        c.split_whitespace()
-            .take_while(|w| *w != "--")
-            .any(|w| w.starts_with("root="))
-    });
-    if config.initrd.is_some() || user_root {
-        return Ok(Vec::new());
+    if config.initrd.is_some() || ctx.cmdline.user_has_param("root") {
+        return Ok(());
     }
     let words = filesystems[0]
         .root_words()
         .ok_or_else(|| VmError::UnknownRootImage(config.pmem[0].path.display().to_string()))?;
-    Ok(words.iter().map(|w| w.to_string()).collect())
-}
-
-/// Adds kernel parameters to a command line, before any `--` (after which
-/// every word is an argument for /init).
-pub fn with_kernel_words(cmdline: &str, words: &[String]) -> String {
-    if words.is_empty() {
-        return cmdline.to_string();
-    }
-    let extra = words.join(" ");
-    let padded = format!(" {cmdline} ");
-    match padded.find(" -- ") {
-        Some(at) => format!("{} {extra} {}", padded[..at].trim(), padded[at..].trim())
-            .trim()
-            .to_string(),
-        None => format!("{} {extra}", cmdline.trim()),
-    }
+    ctx.cmdline.push(&words.join(" "))?;
+    Ok(())
 }
 
 fn legacy_devices(
@@ -442,6 +512,7 @@ fn legacy_devices(
                 source,
             })?)
         }
+        ConsoleTarget::Watch(watch) => Box::new(watch.writer()),
     };
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
     fd.register_irqfd(&serial_irq, COM1_IRQ)
@@ -456,24 +527,4 @@ fn legacy_devices(
         I8042_LEN,
     )?;
     Ok(pio)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_words_go_before_init_arguments() {
-        let words = vec!["a=1".to_string(), "b".to_string()];
-        assert_eq!(
-            with_kernel_words("console=ttyS0", &words),
-            "console=ttyS0 a=1 b"
-        );
-        assert_eq!(
-            with_kernel_words("console=ttyS0 -- run x -- y", &words),
-            "console=ttyS0 a=1 b -- run x -- y"
-        );
-        assert_eq!(with_kernel_words("-- idle", &words), "a=1 b -- idle");
-        assert_eq!(with_kernel_words("console=ttyS0", &[]), "console=ttyS0");
-    }
 }

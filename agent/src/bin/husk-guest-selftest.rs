@@ -11,7 +11,9 @@
 //! `HUSK-IDLE` and sleeps; `exit` exits with status 3; `run PROG ARGS...`
 //! runs a program and prints `HUSK-RUN-EXIT <status>`; `fs [TAG READ WRITE]`
 //! reports the root filesystem (mounts, DAX) and, given a virtio-fs TAG,
-//! reads and writes files on it (see `fs_check`).
+//! reads and writes files on it (see `fs_check`); `vsock HOST_PORT
+//! LISTEN_PORT` echoes a guest- and a host-initiated vsock connection
+//! (`vsock.rs`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -19,6 +21,8 @@ use std::time::Instant;
 
 #[path = "husk-guest-selftest/fpu.rs"]
 mod fpu;
+#[path = "husk-guest-selftest/vsock.rs"]
+mod vsock;
 
 const MODES: &[&str] = &[
     "exec-child",
@@ -49,7 +53,7 @@ fn main() {
         Some("exit") => std::process::exit(3),
         Some("idle") => idle(),
         Some("run") => run_program(&args[1..]),
-        Some("vsock") => vsock_roundtrip(&args[1..]),
+        Some("vsock") => vsock::echo_both_ways(&args[1..]),
         Some("fs") => fs_check(&args[1..]),
         Some("fpu-leak") => {
             if std::process::id() == 1 {
@@ -143,7 +147,7 @@ fn run_program(argv: &[String]) -> ! {
 }
 
 /// PID 1 ends the VM by powering it off.
-fn end_vm() {
+pub(crate) fn end_vm() {
     let _ = std::io::stdout().flush();
     if std::process::id() == 1 {
         // SAFETY: sync and reboot(2) with a valid command.
@@ -152,94 +156,6 @@ fn end_vm() {
             libc::reboot(libc::RB_POWER_OFF);
         }
     }
-}
-
-/// `vsock LISTEN_PORT HOST_PORT`: says hello to the host's HOST_PORT, then
-/// echoes one host connection on LISTEN_PORT until it closes; ends the VM.
-fn vsock_roundtrip(args: &[String]) -> ! {
-    let port = |i: usize| args.get(i).and_then(|p| p.parse::<u32>().ok());
-    let result = match (port(0), port(1)) {
-        (Some(listen), Some(host)) => vsock_hello(host).and_then(|()| vsock_echo(listen)),
-        _ => Err("usage: vsock LISTEN_PORT HOST_PORT".into()),
-    };
-    match result {
-        Ok(n) => println!("HUSK-VSOCK-ECHOED {n}"),
-        Err(e) => println!("HUSK-VSOCK-FAILED {e}"),
-    }
-    end_vm();
-    std::process::exit(0)
-}
-
-fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
-    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
-    addr
-}
-
-fn vsock_socket_fd() -> Result<std::os::fd::OwnedFd, String> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
-    if fd < 0 {
-        return Err(errno("socket(AF_VSOCK)"));
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
-}
-
-fn vsock_hello(host_port: u32) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let sock = vsock_socket_fd()?;
-    let addr = vsock_addr(libc::VMADDR_CID_HOST, host_port);
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: connect(2) with a valid sockaddr_vm of the given length.
-    if unsafe {
-        libc::connect(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_vm).cast(),
-            len,
-        )
-    } != 0
-    {
-        return Err(errno("connect to the host"));
-    }
-    let mut stream = std::fs::File::from(sock);
-    stream
-        .write_all(b"hello from the guest\n")
-        .map_err(|e| format!("write to the host: {e}"))
-}
-
-fn vsock_echo(port: u32) -> Result<u64, String> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let sock = vsock_socket_fd()?;
-    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
-    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
-    // SAFETY: bind/listen/accept on our socket with a valid address.
-    let conn = unsafe {
-        if libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_vm).cast(),
-            len,
-        ) != 0
-        {
-            return Err(errno("bind"));
-        }
-        if libc::listen(sock.as_raw_fd(), 1) != 0 {
-            return Err(errno("listen"));
-        }
-        println!("HUSK-VSOCK-LISTENING {port}");
-        let _ = std::io::stdout().flush();
-        let fd = libc::accept(sock.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut());
-        if fd < 0 {
-            return Err(errno("accept"));
-        }
-        std::fs::File::from_raw_fd(fd)
-    };
-    let mut reader = &conn;
-    let mut writer = &conn;
-    std::io::copy(&mut reader, &mut writer).map_err(|e| format!("echo: {e}"))
 }
 
 /// `fs [TAG READ WRITE [OPTIONS]]`: prints every /proc/mounts line as
@@ -401,7 +317,7 @@ fn idle() -> ! {
     }
 }
 
-fn errno(what: &str) -> String {
+pub(crate) fn errno(what: &str) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
 }
 

@@ -2,11 +2,9 @@
 //! virtio-fs device configuration; the device itself checks the tag, the
 //! directory and the window size when the VM is built.
 
-use std::path::PathBuf;
-
 use husk_vmm::{CacheMode, FsConfig};
 
-use crate::size::parse_mem_size;
+use husk_runtime::size::parse_mem_size;
 
 const SYNTAX: &str = "expected TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr]";
 
@@ -17,14 +15,7 @@ pub fn parse_fs_share(text: &str) -> Result<FsConfig, String> {
         .split_once('=')
         .filter(|(tag, dir)| !tag.is_empty() && !dir.is_empty())
         .ok_or_else(|| format!("invalid share {share:?}: {SYNTAX}"))?;
-    let mut config = FsConfig {
-        tag: tag.to_string(),
-        shared_dir: PathBuf::from(dir),
-        cache: CacheMode::Auto,
-        xattr: false,
-        dax_window: None,
-        request_queues: 1,
-    };
+    let mut config = FsConfig::new(tag, std::path::Path::new(dir));
     for part in parts {
         match part.split_once('=') {
             Some(("cache", mode)) => config.cache = parse_cache(mode)?,

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use husk_vmm::{CompatMode, ConsoleTarget, Vm, VmConfig};
+use husk_vmm::{CompatMode, ConsoleTarget, VmConfig, VmHandle};
 
-use crate::size::parse_mem_size;
+use husk_runtime::size::parse_mem_size;
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -79,9 +79,9 @@ pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
     if args.report_timing {
         config.on_first_entry = Some(print_first_entry);
     }
-    let vm = Vm::new(&config).context("cannot build the VM")?;
+    let vm = VmHandle::start(&config).context("cannot build the VM")?;
     tracing::debug!(cmdline = vm.cmdline(), "booting");
-    let report = vm.run()?;
+    let report = vm.wait()?;
     if let Some(first) = report.first_entry {
         tracing::info!(
             "first guest instruction {} us after husk started",

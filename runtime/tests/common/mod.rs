@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct GuestAssets {
     pub kernel: PathBuf,
@@ -61,68 +61,109 @@ pub fn guest_assets() -> &'static GuestAssets {
 }
 
 pub use husk_vmm::testing::kvm_or_skip;
+use husk_vmm::{
+    CompatMode, ConsoleTarget, ConsoleWatch, RunReport, VmConfig, VmError, VmHandle, VmOutcome,
+};
+
+/// Longest a real guest may take to reach a console marker (boots are slow
+/// on software KVM).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// husk's logs (vsock, VMM) go to the test's captured output, so a failed
+/// test shows them.
+pub fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
+                    .unwrap_or_else(|_| "info,fuse_backend_rs=warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A VM config for a real-guest test: the test kernel, `mem_mib` MiB, the
+/// console kept in a `ConsoleWatch`, no devices.
+pub fn vm_config(mem_mib: u64, cpus: u8, cmdline: &str) -> VmConfig {
+    VmConfig {
+        kernel: guest_assets().kernel.clone(),
+        initrd: None,
+        mem_bytes: mem_mib << 20,
+        cpus,
+        cmdline: Some(cmdline.to_string()),
+        console: ConsoleTarget::Watch(ConsoleWatch::new()),
+        compat: CompatMode::Auto,
+        on_first_entry: None,
+        vsock: None,
+        pmem: Vec::new(),
+        fs: Vec::new(),
+    }
+}
+
+/// A VM of this test process, run by the embedded VMM.
+pub struct TestVm {
+    pub vm: VmHandle,
+    pub console: ConsoleWatch,
+}
+
+impl TestVm {
+    pub fn start(config: &VmConfig) -> Self {
+        init_logs();
+        let ConsoleTarget::Watch(console) = &config.console else {
+            panic!("a TestVm keeps its console in a ConsoleWatch");
+        };
+        let console = console.clone();
+        let vm = VmHandle::start(config).expect("building the VM");
+        Self { vm, console }
+    }
+
+    /// Waits for `marker` on the console; panics with the console if the
+    /// VM ends first or it does not come in time.
+    pub fn wait_for(&self, marker: &str) -> String {
+        self.console
+            .wait_for(marker, BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits for the VM to end; how it ended and its whole console.
+    pub fn finish(self) -> GuestRun {
+        let result = self.vm.wait();
+        GuestRun {
+            result,
+            console: self.console.text(),
+        }
+    }
+}
 
 pub struct GuestRun {
-    pub output: Output,
+    pub result: Result<RunReport, VmError>,
     pub console: String,
 }
 
 impl GuestRun {
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    /// The guest powered itself off; panics with how it ended otherwise.
+    pub fn assert_powered_off(&self) {
+        match &self.result {
+            Ok(r) if r.outcome == VmOutcome::PowerOff => {}
+            other => panic!(
+                "the guest did not power off: {other:?}
+{}",
+                self.console
+            ),
+        }
     }
 }
 
-/// Boots `husk vm` with the given initrd, vCPUs and extra command line; returns
-/// its exit status, stderr and the whole console.
-pub fn boot(name: &str, initrd: &Path, cpus: u8, init_args: &str) -> GuestRun {
-    let assets = guest_assets();
-    let console =
-        std::env::temp_dir().join(format!("husk-real-{name}-{}.console", std::process::id()));
+/// Boots the test kernel with the given initrd, vCPUs and /init arguments
+/// to its end, in this process.
+pub fn boot(initrd: &Path, cpus: u8, init_args: &str) -> GuestRun {
     let mut cmdline = "console=ttyS0 reboot=k panic=-1".to_string();
     if !init_args.is_empty() {
         cmdline = format!("{cmdline} -- {init_args}");
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_husk"))
-        .args([
-            "vm",
-            "--mem",
-            "256M",
-            "--cpus",
-            &cpus.to_string(),
-            "--cmdline",
-            &cmdline,
-        ])
-        .arg("--kernel")
-        .arg(&assets.kernel)
-        .arg("--initrd")
-        .arg(initrd)
-        .arg("--console")
-        .arg(&console)
-        .output()
-        .expect("running husk vm");
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
-    let _ = std::fs::remove_file(&console);
-    GuestRun {
-        output,
-        console: text,
-    }
-}
-
-/// Waits until the console file at `path` shows `marker` and returns the
-/// console so far; panics with the console if `child` ends first or nothing
-/// comes within 15 minutes (guest boots are slow on software KVM).
-pub fn wait_for_console(path: &Path, marker: &str, child: &mut std::process::Child) -> String {
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(marker) {
-            return text;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("husk vm ended ({status}) before {marker:?}:\n{text}");
-        }
-        assert!(Instant::now() < deadline, "no {marker:?} in time:\n{text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let mut config = vm_config(256, cpus, &cmdline);
+    config.initrd = Some(initrd.to_path_buf());
+    TestVm::start(&config).finish()
 }

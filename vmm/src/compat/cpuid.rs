@@ -6,7 +6,7 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
-use crate::compat::{CompatProfile, CpuidReg};
+use super::profile::{CompatProfile, CpuidReg};
 
 const LEAF_FEATURES: u32 = 1;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;

@@ -113,6 +113,13 @@ const SOFTWARE_KVM_HIDDEN: &[(u32, u32, CpuidReg, &[u8])] = &[
     bits(0xd, 1, CpuidReg::Eax, &[0, 1, 2, 3]),
     // abm(lzcnt) sse4a xop fma4 tbm
     bits(0x8000_0001, 0, CpuidReg::Ecx, &[5, 6, 11, 16, 21]),
+    // KVM PV features that make hypercalls: pv_unhalt (kick), pv_send_ipi,
+    // pv_sched_yield. The guest's `vmcall` is emulated here, and on an AMD
+    // host KVM "fixes" it into `vmmcall` by writing guest memory; once the
+    // kernel has write-protected its text that write faults (seen: an oops
+    // in the NMI-IPI path of a 2-vCPU guest). Without them the guest uses
+    // plain APIC writes and halts.
+    bits(0x4000_0001, 0, CpuidReg::Eax, &[7, 11, 13]),
 ];
 
 /// Kernel command-line flags that keep a stock kernel off emulator gaps, and

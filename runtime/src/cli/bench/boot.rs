@@ -18,7 +18,7 @@ use clap::Args;
 
 use super::guest_process::GuestProcess;
 use super::procfs::{mappings_of_size, monotonic_ns, process_memory, thread_count};
-use crate::size::parse_mem_size;
+use husk_runtime::size::parse_mem_size;
 
 /// What the guest self-test prints once it is up and idle.
 pub const IDLE_MARKER: &str = "HUSK-IDLE";
@@ -57,7 +57,7 @@ pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
         IDLE_CMDLINE.into(),
     ];
     let spawned_ns = monotonic_ns();
-    let mut guest = GuestProcess::spawn("boot", &vm_args, Stdio::piped())?;
+    let mut guest = GuestProcess::spawn(&vm_args, Stdio::piped())?;
     let pid = guest.pid();
     let stderr = guest.child_mut().stderr.take().context("no stderr pipe")?;
     let first_entry = std::thread::spawn(move || {

@@ -18,7 +18,7 @@ use clap::Args;
 use super::boot::{IDLE_CMDLINE, IDLE_MARKER};
 use super::guest_process::GuestProcess;
 use super::procfs::{process_memory, MemFigures};
-use crate::size::parse_mem_size;
+use husk_runtime::size::parse_mem_size;
 
 #[derive(Args)]
 pub struct DensityBenchArgs {
@@ -111,8 +111,7 @@ fn measure_set(
             i + 1,
             args.guests
         );
-        let mut guest =
-            GuestProcess::spawn(&format!("density-{name}-{i}"), &vm_args, Stdio::null())?;
+        let mut guest = GuestProcess::spawn(&vm_args, Stdio::null())?;
         let took = guest
             .wait_for(IDLE_MARKER, Duration::from_secs(args.timeout_secs))
             .with_context(|| format!("{name} guest {}", i + 1))?;

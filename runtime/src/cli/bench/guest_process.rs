@@ -1,42 +1,51 @@
 //! A `husk vm` child process running a benchmark guest, watched from outside.
 //!
 //! Benchmarks measure real husk processes, so they start `husk vm` (this
-//! binary) as a child with the console going to a file, and poll that file
-//! for the marker the guest prints once it is up. The child is killed and its
-//! console file removed when the `GuestProcess` is dropped, so an early error
-//! leaves no guest running.
+//! binary) as a child with the console on its stdout, which a reader thread
+//! feeds into a `ConsoleWatch`: waiting for the guest's marker is a wait on
+//! that watch, woken by each console line, not a poll. The child is killed
+//! when the `GuestProcess` is dropped, so an early error leaves no guest
+//! running.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use husk_vmm::{ConsoleWaitError, ConsoleWatch};
 
 pub struct GuestProcess {
     child: Child,
-    console: PathBuf,
+    console: ConsoleWatch,
     started: Instant,
 }
 
 impl GuestProcess {
-    /// Starts `husk vm ARGS --console <tmp file>`; `name` keeps console files apart.
-    pub fn spawn(name: &str, args: &[OsString], stderr: Stdio) -> anyhow::Result<Self> {
-        let console =
-            std::env::temp_dir().join(format!("husk-bench-{name}-{}.console", std::process::id()));
-        let _ = std::fs::remove_file(&console);
+    /// Starts `husk vm ARGS` with its console on a pipe.
+    pub fn spawn(args: &[OsString], stderr: Stdio) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the husk binary")?;
         let started = Instant::now();
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .arg("vm")
             .args(args)
-            .arg("--console")
-            .arg(&console)
             .env("HUSK_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .context("starting husk vm")?;
+        let console = ConsoleWatch::new();
+        let mut stdout = child.stdout.take().context("no stdout pipe")?;
+        let mut writer = console.writer();
+        std::thread::Builder::new()
+            .name("bench-console".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                    let _ = writer.write_all(&buf[..n]);
+                }
+            })
+            .context("starting the console reader")?;
         Ok(Self {
             child,
             console,
@@ -59,32 +68,26 @@ impl GuestProcess {
         Ok(took)
     }
 
-    /// Polls the console every 50 ms until `found` extracts something from
-    /// it (`what` names it in errors); returns that and the time since spawn.
+    /// Waits until `found` extracts something from the console (`what`
+    /// names it in errors); returns that and the time since spawn.
     pub fn wait_until<T>(
         &mut self,
         what: &str,
         timeout: Duration,
-        mut found: impl FnMut(&str) -> Option<T>,
+        found: impl FnMut(&str) -> Option<T>,
     ) -> anyhow::Result<(T, Duration)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-            if let Some(value) = found(&text) {
-                return Ok((value, self.started.elapsed()));
-            }
-            if let Some(status) = self.child.try_wait()? {
-                let lines: Vec<&str> = text.lines().collect();
+        match self.console.wait_until(what, timeout, found) {
+            Ok((value, _)) => Ok((value, self.started.elapsed())),
+            Err(ConsoleWaitError::Ended { console, .. }) => {
+                let status = self.child.wait()?;
+                let lines: Vec<&str> = console.lines().collect();
                 let tail = lines[lines.len().saturating_sub(8)..].join("\n");
-                bail!("the guest ended ({status}) before printing {what}; last console lines:\n{tail}");
+                bail!("the guest ended ({status}) before printing {what}; last console lines:\n{tail}")
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "the guest did not print {what} within {} s",
-                    timeout.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Err(ConsoleWaitError::Timeout { .. }) => bail!(
+                "the guest did not print {what} within {} s",
+                timeout.as_secs()
+            ),
         }
     }
 }
@@ -93,6 +96,5 @@ impl Drop for GuestProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.console);
     }
 }

@@ -66,7 +66,7 @@ pub fn run(args: SyscallBenchArgs) -> anyhow::Result<ExitCode> {
         "--initrd".into(),
         args.initrd.clone().into(),
     ];
-    let mut guest = GuestProcess::spawn("syscalls", &vm_args, Stdio::null())?;
+    let mut guest = GuestProcess::spawn(&vm_args, Stdio::null())?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let init_started = guest.wait_for("Run /init as init process", timeout)?;
     let (guest_figures, _) = guest.wait_until("a selftest-bench line", timeout, |text| {
