@@ -6,8 +6,10 @@
 //! - `container`: the container engine (OCI spec -> namespaced, cgrouped process).
 //! - `rpc`: the ttrpc server for `husk.agent.v1.AgentService`.
 //! - `guest_details`: what GetGuestDetails reports.
+//! - `ready`: telling the host the agent serves.
 pub mod container;
 pub mod guest_details;
 pub mod init;
+pub mod ready;
 pub mod reaper;
 pub mod rpc;

@@ -23,3 +23,11 @@ pub mod agent_ttrpc {
 
 /// The vsock port the agent listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The host port the agent connects to once it serves, to say it is ready
+/// (`READY <agent version>\n`): the runtime waits on that connection instead
+/// of retrying until the agent answers.
+pub const READY_VSOCK_PORT: u32 = 1025;
+
+/// Where the agent mounts the sandbox's shared directory (virtio-fs).
+pub const GUEST_SHARED_DIR: &str = "/run/husk/shared";

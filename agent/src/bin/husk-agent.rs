@@ -98,6 +98,9 @@ fn run(args: &Args, pid1: bool) -> anyhow::Result<()> {
     .context("starting the container engine")?;
     let service = Arc::new(AgentRpc::new(scope, engine));
     let _server = rpc::serve(&args.listen, service)?;
+    if pid1 {
+        husk_agent::ready::notify_host();
+    }
     // ttrpc's threads do the work; this thread only keeps the process alive.
     loop {
         std::thread::park();

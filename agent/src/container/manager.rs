@@ -409,6 +409,16 @@ impl ContainerManager {
         })
     }
 
+    /// Sends `signal` to every process in the container's cgroup (`kill --all`).
+    pub fn signal_all(&self, id: &str, signal: i32) -> Result<(), ContainerError> {
+        let signal = Signal::try_from(signal).map_err(|_| ContainerError::InvalidSignal(signal))?;
+        for pid in self.container(id)?.cgroup.pids()? {
+            // A process may exit between the listing and the kill.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+        Ok(())
+    }
+
     /// Blocks until the process exits; returns its status as runc reports it.
     pub fn wait(&self, id: &str, exec_id: Option<&str>) -> Result<i32, ContainerError> {
         Ok(self.process(id, exec_id)?.wait())

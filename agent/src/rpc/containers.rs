@@ -143,8 +143,40 @@ impl Containers {
             )));
         }
         let signal = req.signal as i32; // <= 64 by the check above
+        if req.all {
+            if p.exec_id.is_some() {
+                return Err(RpcError::InvalidArgument(
+                    "SignalProcess with all=true names a container, not an exec".into(),
+                ));
+            }
+            self.engine.signal_all(&p.container_id, signal)?;
+            return Ok(());
+        }
         self.engine
             .signal(&p.container_id, p.exec_id.as_deref(), signal)?;
+        Ok(())
+    }
+
+    /// PauseContainer (`paused: true`) and ResumeContainer.
+    pub fn set_paused(&self, container_id: &str, paused: bool) -> Result<(), RpcError> {
+        let id = checked_id("container_id", container_id)?;
+        if paused {
+            self.engine.pause(&id)?;
+        } else {
+            self.engine.resume(&id)?;
+        }
+        tracing::info!(container = %id, paused, "container freeze state changed");
+        Ok(())
+    }
+
+    pub fn delete_process(&self, req: &agent::DeleteProcessRequest) -> Result<(), RpcError> {
+        let p = ProcessRef::new(&req.container_id, &req.exec_id)?;
+        let exec_id = p.exec_id.ok_or_else(|| {
+            RpcError::InvalidArgument(
+                "DeleteProcess needs an exec_id (RemoveContainer removes the init)".into(),
+            )
+        })?;
+        self.engine.delete_exec(&p.container_id, &exec_id)?;
         Ok(())
     }
 

@@ -3,9 +3,13 @@
 //! DestroySandbox ends it. Kept apart from the container engine because it is
 //! guest-wide state, not a container's.
 
+use std::path::PathBuf;
 use std::sync::Mutex;
 
-use super::requests::checked_id;
+use husk_agent_protocol::GUEST_SHARED_DIR;
+
+use super::requests::{checked_id, RootfsMount, RootfsSpec};
+use super::rootfs_mount::{mount_rootfs, MountedRootfs};
 use super::status::RpcError;
 
 /// Whether the agent may change guest-wide settings such as the hostname:
@@ -19,6 +23,8 @@ pub enum GuestScope {
 pub struct Sandbox {
     scope: GuestScope,
     id: Mutex<Option<String>>,
+    /// The sandbox's shared directory, mounted at GUEST_SHARED_DIR.
+    shared: Mutex<Option<MountedRootfs>>,
 }
 
 impl Sandbox {
@@ -26,10 +32,16 @@ impl Sandbox {
         Sandbox {
             scope,
             id: Mutex::new(None),
+            shared: Mutex::new(None),
         }
     }
 
-    pub fn create(&self, sandbox_id: &str, hostname: &str) -> Result<(), RpcError> {
+    pub fn create(
+        &self,
+        sandbox_id: &str,
+        hostname: &str,
+        shared_fs_tag: &str,
+    ) -> Result<(), RpcError> {
         let sandbox_id = checked_id("sandbox_id", sandbox_id)?;
         let mut current = self.id.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = current.as_ref() {
@@ -40,8 +52,30 @@ impl Sandbox {
         if !hostname.is_empty() {
             self.set_hostname(hostname)?;
         }
+        if !shared_fs_tag.is_empty() {
+            self.mount_shared(shared_fs_tag)?;
+        }
         tracing::info!(sandbox = %sandbox_id, "sandbox created");
         *current = Some(sandbox_id);
+        Ok(())
+    }
+
+    fn mount_shared(&self, tag: &str) -> Result<(), RpcError> {
+        if self.scope == GuestScope::HostTest {
+            return Err(RpcError::FailedPrecondition(
+                "a shared virtio-fs directory needs the agent to own the guest".into(),
+            ));
+        }
+        let spec = RootfsSpec {
+            path: PathBuf::from(GUEST_SHARED_DIR),
+            mount: Some(RootfsMount {
+                source: tag.to_string(),
+                fstype: "virtiofs".into(),
+                options: Vec::new(),
+            }),
+        };
+        let mounted = mount_rootfs(&spec)?;
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = mounted;
         Ok(())
     }
 
@@ -61,6 +95,10 @@ impl Sandbox {
     }
 
     pub fn forget(&self) {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Err(e)) = shared.map(MountedRootfs::unmount) {
+            tracing::warn!("unmounting the shared directory: {e}");
+        }
         let old = self.id.lock().unwrap_or_else(|p| p.into_inner()).take();
         tracing::info!(sandbox = ?old, "sandbox destroyed");
     }
@@ -104,10 +142,10 @@ mod tests {
     fn one_sandbox_per_guest() {
         let s = Sandbox::new(GuestScope::HostTest);
         assert!(matches!(s.require(), Err(RpcError::FailedPrecondition(_))));
-        s.create("pod1", "web").unwrap();
+        s.create("pod1", "web", "").unwrap();
         s.require().unwrap();
         assert!(matches!(
-            s.create("pod2", ""),
+            s.create("pod2", "", ""),
             Err(RpcError::AlreadyExists(_))
         ));
         assert!(matches!(
@@ -120,18 +158,18 @@ mod tests {
             s.check_is_current("pod1"),
             Err(RpcError::NotFound(_))
         ));
-        s.create("pod2", "").unwrap();
+        s.create("pod2", "", "").unwrap();
     }
 
     #[test]
     fn bad_names_are_refused_and_change_nothing() {
         let s = Sandbox::new(GuestScope::HostTest);
         assert!(matches!(
-            s.create("a/b", ""),
+            s.create("a/b", "", ""),
             Err(RpcError::InvalidArgument(_))
         ));
         assert!(matches!(
-            s.create("pod1", "no spaces"),
+            s.create("pod1", "no spaces", ""),
             Err(RpcError::InvalidArgument(_))
         ));
         assert!(s.require().is_err(), "a refused create leaves no sandbox");

@@ -63,7 +63,9 @@ impl AgentService for AgentRpc {
         _: &TtrpcContext,
         req: agent::CreateSandboxRequest,
     ) -> Reply<agent::Empty> {
-        let r = self.sandbox.create(&req.sandbox_id, &req.hostname);
+        let r = self
+            .sandbox
+            .create(&req.sandbox_id, &req.hostname, &req.shared_fs_tag);
         reply("CreateSandbox", empty(r))
     }
 
@@ -193,6 +195,37 @@ impl AgentService for AgentRpc {
     ) -> Reply<agent::Empty> {
         let r = self.containers().and_then(|c| c.remove(&req));
         reply("RemoveContainer", empty(r))
+    }
+
+    fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::PauseContainerRequest,
+    ) -> Reply<agent::Empty> {
+        let r = self
+            .containers()
+            .and_then(|c| c.set_paused(&req.container_id, true));
+        reply("PauseContainer", empty(r))
+    }
+
+    fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ResumeContainerRequest,
+    ) -> Reply<agent::Empty> {
+        let r = self
+            .containers()
+            .and_then(|c| c.set_paused(&req.container_id, false));
+        reply("ResumeContainer", empty(r))
+    }
+
+    fn delete_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::DeleteProcessRequest,
+    ) -> Reply<agent::Empty> {
+        let r = self.containers().and_then(|c| c.delete_process(&req));
+        reply("DeleteProcess", empty(r))
     }
 
     fn get_oom_event(
