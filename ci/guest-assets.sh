@@ -8,6 +8,9 @@
 #                 /sbin/init, busybox-static at /bin/busybox
 #   HUSK_AGENT_INITRD    husk-agent as /init, with a busybox container rootfs
 #                        at /containers/busybox/rootfs
+#   HUSK_AGENT_IMAGE     the runtime's default guest image: an erofs pmem
+#                        image with husk-agent as /sbin/init (nothing else:
+#                        containers get their root over virtio-fs)
 # Progress goes to stderr.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,8 +44,12 @@ trap 'rm -rf "$stage"' EXIT
 "$root/rootfs/build-initramfs.sh" "$agent_initrd" "$agent" \
   "$stage/rootfs:/containers/busybox/rootfs" >/dev/null
 
+agent_image="$cache/pmem/agent.erofs"
+"$root/rootfs/build-pmem-image.sh" "$agent_image" "$agent" >/dev/null
+
 echo "HUSK_KERNEL=$kernel"
 echo "HUSK_INITRD=$initrd"
 echo "HUSK_BUSYBOX_INITRD=$bb_initrd"
 echo "HUSK_PMEM_IMAGE=$pmem_image"
 echo "HUSK_AGENT_INITRD=$agent_initrd"
+echo "HUSK_AGENT_IMAGE=$agent_image"
