@@ -1,5 +1,13 @@
-//! husk-runtime as a library: the parts of the runtime that integration
-//! tests and later the shim share with the `husk` binary.
+//! husk-runtime as a library: the parts of the runtime that the `husk`
+//! binary, the shim and the integration tests share.
 //!
 //! - `agent_client`: reaching husk-agent in the guest over the vsock bridge.
+//! - `config`: husk's configuration file.
+//! - `sandbox`: a VM with its agent, and the containers in it.
+//! - `stdio`: a guest process's streams bridged to FIFOs or host streams.
+//! - `size`: human memory sizes.
 pub mod agent_client;
+pub mod config;
+pub mod sandbox;
+pub mod size;
+pub mod stdio;

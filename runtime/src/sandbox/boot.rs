@@ -1,0 +1,200 @@
+//! Booting a sandbox's VM and waiting for its agent.
+//!
+//! The VM gets the vsock device (bridged to `<dir>/vsock.sock`), one
+//! virtio-fs device serving `<dir>/shared`, and the guest image: by default
+//! the erofs image on read-only virtio-pmem with DAX, so the agent starts
+//! without an initramfs to unpack. Before the VM starts, the runtime listens
+//! on the agent's ready port; the agent connects there once it serves, so
+//! the wait is for that one event (or the VM's end, or the timeout), not a
+//! loop of CONNECT attempts. Then CreateSandbox mounts the shared directory.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use husk_agent_protocol::agent;
+use husk_vmm::{ConsoleTarget, PmemSpec, VmConfig, VmHandle};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::dir::{SandboxDir, SHARED_FS_TAG};
+use super::size::VmSize;
+use super::{ctx, Sandbox, SandboxError, RPC_TIMEOUT};
+use crate::agent_client::{connect_agent, AGENT_VSOCK_PORT};
+use crate::config::{GuestBoot, HuskConfig};
+
+/// The guest's CID; every sandbox has its own vsock device, so all can use 3.
+const GUEST_CID: u64 = 3;
+/// Kernel parameters of a sandbox guest: its console is a log, so `quiet`
+/// keeps the kernel's boot chatter (slow on an emulated serial port) out.
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+pub struct SandboxSettings {
+    pub id: String,
+    pub config: HuskConfig,
+    pub size: VmSize,
+    pub hostname: Option<String>,
+    /// How long the agent may take to be ready.
+    pub boot_timeout: Duration,
+}
+
+/// When each start-up phase was reached.
+#[derive(Debug, Clone, Copy)]
+pub struct BootTimings {
+    pub started: Instant,
+    pub agent_ready: Instant,
+}
+
+impl Sandbox {
+    /// Boots the sandbox's VM and returns once its agent serves and the
+    /// sandbox exists in the guest. On failure nothing is left behind.
+    pub fn boot(s: &SandboxSettings) -> Result<Sandbox, SandboxError> {
+        let started = Instant::now();
+        s.config.check_guest_files()?;
+        let dir = SandboxDir::new(&s.config.runtime.state_dir, &s.id);
+        // A directory left by a crashed runtime for this id goes first.
+        dir.remove()?;
+        dir.create()?;
+        let result = boot_in(s, &dir, started);
+        if result.is_err() {
+            if let Err(e) = dir.remove() {
+                tracing::warn!(sandbox = %s.id, "removing the directory of a failed boot: {e}");
+            }
+        }
+        result
+    }
+}
+
+fn boot_in(
+    s: &SandboxSettings,
+    dir: &SandboxDir,
+    started: Instant,
+) -> Result<Sandbox, SandboxError> {
+    let ready = UnixListener::bind(dir.ready_socket()).map_err(|source| SandboxError::Ready {
+        id: s.id.clone(),
+        source,
+    })?;
+    let vm = VmHandle::start(&vm_config(s, dir)).map_err(|source| SandboxError::Vm {
+        id: s.id.clone(),
+        source,
+    })?;
+    tracing::info!(sandbox = %s.id, vcpus = s.size.vcpus, mem_mib = s.size.mem_bytes >> 20, "VM started");
+    wait_ready(s, dir, &ready, &vm)?;
+    let agent_ready = Instant::now();
+    let agent =
+        connect_agent(&dir.vsock_socket(), AGENT_VSOCK_PORT, RPC_TIMEOUT).map_err(|source| {
+            SandboxError::Agent {
+                id: s.id.clone(),
+                source,
+            }
+        })?;
+    let req = agent::CreateSandboxRequest {
+        sandbox_id: s.id.clone(),
+        hostname: s.hostname.clone().unwrap_or_default(),
+        shared_fs_tag: SHARED_FS_TAG.into(),
+        ..Default::default()
+    };
+    agent
+        .create_sandbox(ctx(RPC_TIMEOUT), &req)
+        .map_err(|e| SandboxError::rpc(format!("sandbox {}: CreateSandbox", s.id), e))?;
+    tracing::info!(
+        sandbox = %s.id,
+        ready_ms = agent_ready.duration_since(started).as_millis() as u64,
+        "agent ready"
+    );
+    Ok(Sandbox {
+        id: s.id.clone(),
+        dir: dir.clone(),
+        vm: Some(vm),
+        agent,
+        timings: BootTimings {
+            started,
+            agent_ready,
+        },
+    })
+}
+
+fn vm_config(s: &SandboxSettings, dir: &SandboxDir) -> VmConfig {
+    let g = &s.config.guest;
+    let (initrd, pmem) = match g.boot {
+        GuestBoot::Image => (
+            None,
+            vec![PmemSpec {
+                path: g.image.clone(),
+                read_only: true,
+            }],
+        ),
+        GuestBoot::Initrd => (Some(g.initrd.clone()), Vec::new()),
+    };
+    VmConfig {
+        kernel: g.kernel.clone(),
+        initrd,
+        mem_bytes: s.size.mem_bytes,
+        cpus: s.size.vcpus,
+        cmdline: Some(CMDLINE.into()),
+        console: ConsoleTarget::File(dir.console()),
+        compat: g.compat,
+        on_first_entry: None,
+        vsock: Some(husk_vmm::VsockSpec {
+            cid: GUEST_CID,
+            uds: dir.vsock_socket(),
+        }),
+        pmem,
+        fs: vec![husk_vmm::FsConfig::new(SHARED_FS_TAG, &dir.shared())],
+    }
+}
+
+/// Waits for the agent's `READY` line, the VM's end or the timeout.
+fn wait_ready(
+    s: &SandboxSettings,
+    dir: &SandboxDir,
+    ready: &UnixListener,
+    vm: &VmHandle,
+) -> Result<(), SandboxError> {
+    let io = |source| SandboxError::Ready {
+        id: s.id.clone(),
+        source,
+    };
+    let deadline = Instant::now() + s.boot_timeout;
+    loop {
+        // Wake up now and then to notice the VM ending before the agent.
+        let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(200u16)) {
+            Ok(0) | Err(nix::Error::EINTR) => {}
+            Ok(_) => break,
+            Err(e) => return Err(io(e.into())),
+        }
+        if vm.is_finished() {
+            return Err(SandboxError::GuestEnded {
+                id: s.id.clone(),
+                how: "see the console".into(),
+                console: console_tail(dir, 20),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(SandboxError::AgentTimeout {
+                id: s.id.clone(),
+                secs: s.boot_timeout.as_secs(),
+                console: console_tail(dir, 20),
+            });
+        }
+    }
+    let (stream, _) = ready.accept().map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut line = String::new();
+    // At most 256 bytes: the guest decides what comes.
+    BufReader::new(std::io::Read::take(stream, 256))
+        .read_line(&mut line)
+        .map_err(io)?;
+    tracing::debug!(sandbox = %s.id, line = line.trim(), "agent ready call");
+    Ok(())
+}
+
+/// The last `n` lines of the sandbox's console log.
+pub fn console_tail(dir: &SandboxDir, n: usize) -> String {
+    let text = std::fs::read_to_string(dir.console()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

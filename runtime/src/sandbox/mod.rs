@@ -1,0 +1,179 @@
+//! A sandbox: one VM (run by the embedded VMM in this process), the agent
+//! in it, and its directory on the host. The shim and `husk run` both hold
+//! one and add containers to it.
+//!
+//! - `boot`: starting the VM and waiting for the agent's ready call.
+//! - `container`: adding and removing containers (host mounts + agent RPCs).
+//! - `dir`: the sandbox's host directory layout.
+//! - `mounts`: host mount handling (rootfs, binds, teardown).
+//! - `size`: the VM's vCPUs and memory.
+//! - `spec`: the bundle's OCI spec and the guest's version of it.
+
+mod boot;
+mod container;
+pub mod dir;
+pub mod mounts;
+pub mod size;
+pub mod spec;
+
+use std::time::Duration;
+
+use husk_agent_protocol::agent;
+use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_agent_protocol::ttrpc;
+use husk_vmm::VmHandle;
+
+pub use boot::{BootTimings, SandboxSettings};
+pub use container::NewContainer;
+pub use dir::SandboxDir;
+
+use crate::agent_client::AgentConnectError;
+use crate::config::ConfigError;
+
+/// Timeout of an agent RPC that should answer at once. Generous: on a
+/// software-KVM host every guest system call costs ~300 us.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Size(#[from] size::SizeError),
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    #[error("sandbox {id}: cannot start its VM: {source}")]
+    Vm {
+        id: String,
+        source: husk_vmm::VmError,
+    },
+    #[error("sandbox {id}: the VM ended before the agent was ready ({how}); last console lines:\n{console}")]
+    GuestEnded {
+        id: String,
+        how: String,
+        console: String,
+    },
+    #[error(
+        "sandbox {id}: the agent was not ready after {secs} s; last console lines:\n{console}"
+    )]
+    AgentTimeout {
+        id: String,
+        secs: u64,
+        console: String,
+    },
+    #[error("sandbox {id}: waiting for the agent: {source}")]
+    Ready { id: String, source: std::io::Error },
+    #[error("sandbox {id}: reaching the agent: {source}")]
+    Agent {
+        id: String,
+        source: AgentConnectError,
+    },
+    #[error("{what}: the agent said: {message}")]
+    Rpc { what: String, message: String },
+}
+
+impl SandboxError {
+    /// An agent RPC failed; the agent's status message is kept as is.
+    pub fn rpc(what: impl Into<String>, e: ttrpc::Error) -> Self {
+        let message = match e {
+            ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+            other => other.to_string(),
+        };
+        SandboxError::Rpc {
+            what: what.into(),
+            message,
+        }
+    }
+}
+
+pub struct Sandbox {
+    id: String,
+    dir: SandboxDir,
+    vm: Option<VmHandle>,
+    agent: AgentServiceClient,
+    timings: BootTimings,
+}
+
+pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+/// No timeout: for calls that block until something happens (Wait, Read*).
+pub fn blocking_ctx() -> ttrpc::context::Context {
+    ttrpc::context::Context::default()
+}
+
+impl Sandbox {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn dir(&self) -> &SandboxDir {
+        &self.dir
+    }
+
+    /// The agent's client (cheap to clone; calls may run concurrently).
+    pub fn agent(&self) -> &AgentServiceClient {
+        &self.agent
+    }
+
+    pub fn timings(&self) -> &BootTimings {
+        &self.timings
+    }
+
+    /// Whether the VM has ended on its own (guest panic, power-off).
+    pub fn vm_ended(&self) -> bool {
+        self.vm.as_ref().is_none_or(VmHandle::is_finished)
+    }
+
+    /// The last lines of the guest console, for error reports.
+    pub fn console_tail(&self, lines: usize) -> String {
+        boot::console_tail(&self.dir, lines)
+    }
+
+    /// Ends the sandbox: the agent tears its containers down (best effort),
+    /// the VM stops, and the sandbox directory goes, mounts and all.
+    pub fn shutdown(mut self) -> Result<(), SandboxError> {
+        self.stop_vm();
+        self.dir.remove()?;
+        Ok(())
+    }
+
+    fn stop_vm(&mut self) {
+        let Some(vm) = self.vm.take() else {
+            return;
+        };
+        if !vm.is_finished() {
+            let req = agent::DestroySandboxRequest {
+                sandbox_id: self.id.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = self
+                .agent
+                .destroy_sandbox(ctx(Duration::from_secs(10)), &req)
+            {
+                tracing::debug!(sandbox = %self.id, "DestroySandbox: {e}");
+            }
+        }
+        vm.stop();
+        match vm.wait() {
+            Ok(report) => tracing::info!(sandbox = %self.id, outcome = ?report.outcome, "VM ended"),
+            Err(e) => tracing::warn!(sandbox = %self.id, "VM ended: {e}"),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    /// A sandbox dropped without `shutdown` (an error path) still leaves
+    /// nothing behind.
+    fn drop(&mut self) {
+        if self.vm.is_some() {
+            self.stop_vm();
+            if let Err(e) = self.dir.remove() {
+                tracing::warn!(sandbox = %self.id, "removing the sandbox directory: {e}");
+            }
+        }
+    }
+}
