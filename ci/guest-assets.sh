@@ -15,7 +15,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${HUSK_CACHE:-$HOME/.cache/husk}
-mkdir -p "$cache/initrd" "$cache/pmem"
+mkdir -p "$cache/images"
 
 kernel=$("$root/guest-kernel-config/build.sh" | tail -n1)
 
@@ -31,21 +31,43 @@ if [ ! -x /bin/busybox ]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; } >&2
 fi
 
-initrd="$cache/initrd/selftest.cpio"
-"$root/rootfs/build-initramfs.sh" "$initrd" "$selftest" >/dev/null
-bb_initrd="$cache/initrd/selftest-busybox.cpio"
-"$root/rootfs/build-initramfs.sh" "$bb_initrd" "$selftest" /bin/busybox:/bin/busybox >/dev/null
-pmem_image="$cache/pmem/selftest.erofs"
-"$root/rootfs/build-pmem-image.sh" "$pmem_image" "$selftest" /bin/busybox:/bin/busybox >/dev/null
-agent_initrd="$cache/initrd/agent-busybox.cpio"
+# Images are built once per set of inputs: each lives in a folder named
+# by the hash of its builder scripts and input files, and is never
+# rewritten, so checkouts and test runs that share the cache cannot
+# change an image under a running guest.
+# cached NAME BUILDER INIT [SRC:DEST ...]: prints the image's path.
+cached() {
+  local name=$1 builder=$2 init=$3
+  shift 3
+  local key dir src
+  key=$( {
+    sha256sum "$root/rootfs/$builder" "$root/rootfs/stage.sh" "$init"
+    for pair in "$@"; do
+      src=${pair%%:*}
+      if [ -d "$src" ]; then (cd "$src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum; find . -type l -printf '%p %l\n' | LC_ALL=C sort)
+      else sha256sum "$src"; fi
+      echo "${pair#*:}"
+    done
+  } | sha256sum | cut -c1-16)
+  dir="$cache/images/$key"
+  if [ ! -f "$dir/$name" ]; then
+    echo "guest-assets: building $name ($key)" >&2
+    mkdir -p "$dir"
+    "$root/rootfs/$builder" "$dir/$name.tmp.$$" "$init" "$@" >/dev/null
+    mv "$dir/$name.tmp.$$" "$dir/$name"
+  fi
+  echo "$dir/$name"
+}
+
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 "$root/rootfs/build-busybox-rootfs.sh" "$stage/rootfs" >/dev/null
-"$root/rootfs/build-initramfs.sh" "$agent_initrd" "$agent" \
-  "$stage/rootfs:/containers/busybox/rootfs" >/dev/null
 
-agent_image="$cache/pmem/agent.erofs"
-"$root/rootfs/build-pmem-image.sh" "$agent_image" "$agent" >/dev/null
+initrd=$(cached selftest.cpio build-initramfs.sh "$selftest")
+bb_initrd=$(cached selftest-busybox.cpio build-initramfs.sh "$selftest" /bin/busybox:/bin/busybox)
+pmem_image=$(cached selftest.erofs build-pmem-image.sh "$selftest" /bin/busybox:/bin/busybox)
+agent_initrd=$(cached agent-busybox.cpio build-initramfs.sh "$agent" "$stage/rootfs:/containers/busybox/rootfs")
+agent_image=$(cached agent.erofs build-pmem-image.sh "$agent")
 
 echo "HUSK_KERNEL=$kernel"
 echo "HUSK_INITRD=$initrd"

@@ -163,6 +163,16 @@ fn leave_initramfs_root() -> Result<(), InitError> {
 
 fn mount_pseudo(m: &PseudoMount) -> Result<(), InitError> {
     let path = Path::new(m.target);
+    // Booted from a disk or pmem root, the kernel mounts devtmpfs on /dev
+    // itself (DEVTMPFS_MOUNT); a second mount there is refused (EBUSY).
+    if already_mounted(m) {
+        tracing::info!(
+            fstype = m.fstype,
+            target = m.target,
+            "already mounted by the kernel"
+        );
+        return Ok(());
+    }
     std::fs::create_dir_all(path).map_err(|source| InitError::MountPoint {
         path: path.into(),
         source,
@@ -174,6 +184,16 @@ fn mount_pseudo(m: &PseudoMount) -> Result<(), InitError> {
             path: path.into(),
             source,
         }
+    })
+}
+
+/// Whether /proc/self/mounts already shows `m` (its type at its target).
+fn already_mounted(m: &PseudoMount) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts.lines().any(|l| {
+        let mut f = l.split(' ');
+        let (_, target, fstype) = (f.next(), f.next(), f.next());
+        target == Some(m.target) && fstype == Some(m.fstype)
     })
 }
 

@@ -98,6 +98,8 @@ pub struct RuntimeConfig {
     pub log_level: String,
     /// Per-sandbox state: shared directories, consoles, state files.
     pub state_dir: PathBuf,
+    /// How long a sandbox's agent may take to be ready after its VM starts.
+    pub boot_timeout_secs: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -105,6 +107,8 @@ impl Default for RuntimeConfig {
         Self {
             log_level: "info".into(),
             state_dir: PathBuf::from("/run/husk"),
+            // A cold boot takes about a minute on software-KVM hosts.
+            boot_timeout_secs: 600,
         }
     }
 }
@@ -258,6 +262,8 @@ compat = "auto"
 [runtime]
 log_level = "info"
 state_dir = "/run/husk"
+# How long a new sandbox's agent may take to be ready.
+boot_timeout_secs = 600
 "#,
         kernel = share_dir.join("vmlinux").display(),
         image = share_dir.join("agent.erofs").display(),

@@ -4,10 +4,12 @@
 //! - `agent_client`: reaching husk-agent in the guest over the vsock bridge.
 //! - `config`: husk's configuration file.
 //! - `sandbox`: a VM with its agent, and the containers in it.
+//! - `shim`: `containerd-shim-husk-v2`.
 //! - `stdio`: a guest process's streams bridged to FIFOs or host streams.
 //! - `size`: human memory sizes.
 pub mod agent_client;
 pub mod config;
 pub mod sandbox;
+pub mod shim;
 pub mod size;
 pub mod stdio;

@@ -8,6 +8,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
+    // containerd runs this binary as `containerd-shim-husk-v2` (a link).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    if name.as_deref() == Some(husk_runtime::shim::SHIM_BINARY) {
+        return husk_runtime::shim::main(&argv[1..]);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")

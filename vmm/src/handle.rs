@@ -70,6 +70,11 @@ impl VmHandle {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
+    /// Something another thread can stop this VM with.
+    pub fn stopper(&self) -> std::io::Result<VmStopper> {
+        self.stopper.try_clone()
+    }
+
     /// Asks the VM to stop; `wait` then returns `VmOutcome::Stopped` (or how
     /// it ended, if it ended first).
     pub fn stop(&self) {

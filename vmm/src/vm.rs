@@ -384,6 +384,10 @@ impl Vm {
 pub struct VmStopper(EventFd);
 
 impl VmStopper {
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self(self.0.try_clone()?))
+    }
+
     pub fn stop(&self) {
         if let Err(e) = self.0.write(1) {
             tracing::error!("cannot ask the VM to stop: {e}");

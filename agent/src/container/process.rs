@@ -191,7 +191,16 @@ fn set_capabilities(plan: &CapabilityPlan) -> ChildResult<()> {
     caps::set(None, CapSet::Effective, &plan.effective).map_err(|e| err("effective", e))?;
     caps::set(None, CapSet::Permitted, &plan.permitted).map_err(|e| err("permitted", e))?;
     caps::set(None, CapSet::Inheritable, &plan.inheritable).map_err(|e| err("inheritable", e))?;
-    caps::set(None, CapSet::Ambient, &plan.ambient).map_err(|e| err("ambient", e))
+    // The kernel keeps an ambient capability only if it is also permitted
+    // and inheritable; like runc, raise those and leave out the rest (runc's
+    // own default spec lists ambient capabilities but no inheritable ones).
+    let ambient: std::collections::HashSet<_> = plan
+        .ambient
+        .iter()
+        .filter(|c| plan.permitted.contains(c) && plan.inheritable.contains(c))
+        .copied()
+        .collect();
+    caps::set(None, CapSet::Ambient, &ambient).map_err(|e| err("ambient", e))
 }
 
 fn drop_bounding(plan: &CapabilityPlan) -> ChildResult<()> {

@@ -1,7 +1,10 @@
-//! Command-line interface: `husk vm` and `husk bench`.
+//! Command-line interface: `husk run`, `husk vm`, `husk bench` (and, by
+//! its other name, the containerd shim: see `husk_runtime::shim`).
 
 mod bench;
 mod fs_share;
+mod run;
+mod terminal;
 mod vm;
 
 use std::process::ExitCode;
@@ -22,6 +25,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an OCI bundle in a fresh sandbox, attached to this terminal.
+    Run(run::RunArgs),
     /// Boot a kernel in a VM and stream its console.
     Vm(vm::VmArgs),
     /// Measure husk.
@@ -31,6 +36,7 @@ enum Command {
 
 pub fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Vm(args) => vm::run(args, started),
         Command::Bench(cmd) => bench::run(cmd),
     }

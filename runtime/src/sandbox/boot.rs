@@ -105,7 +105,7 @@ fn boot_in(
     Ok(Sandbox {
         id: s.id.clone(),
         dir: dir.clone(),
-        vm: Some(vm),
+        vm: std::sync::Mutex::new(Some(vm)),
         agent,
         timings: BootTimings {
             started,

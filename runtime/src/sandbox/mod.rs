@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod size;
 pub mod spec;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use husk_agent_protocol::agent;
@@ -91,7 +92,7 @@ impl SandboxError {
 pub struct Sandbox {
     id: String,
     dir: SandboxDir,
-    vm: Option<VmHandle>,
+    vm: Mutex<Option<VmHandle>>,
     agent: AgentServiceClient,
     timings: BootTimings,
 }
@@ -123,9 +124,20 @@ impl Sandbox {
         &self.timings
     }
 
-    /// Whether the VM has ended on its own (guest panic, power-off).
+    /// Whether the VM has ended (on its own: a guest panic, a power-off; or
+    /// by `shutdown`).
     pub fn vm_ended(&self) -> bool {
-        self.vm.as_ref().is_none_or(VmHandle::is_finished)
+        self.vm().as_ref().is_none_or(VmHandle::is_finished)
+    }
+
+    /// Stops the VM from any thread (e.g. a signal handler thread); the
+    /// agent calls in flight then fail and the holder cleans up.
+    pub fn stopper(&self) -> SandboxStopper {
+        SandboxStopper(self.vm().as_ref().and_then(|vm| vm.stopper().ok()))
+    }
+
+    fn vm(&self) -> std::sync::MutexGuard<'_, Option<VmHandle>> {
+        self.vm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The last lines of the guest console, for error reports.
@@ -135,14 +147,14 @@ impl Sandbox {
 
     /// Ends the sandbox: the agent tears its containers down (best effort),
     /// the VM stops, and the sandbox directory goes, mounts and all.
-    pub fn shutdown(mut self) -> Result<(), SandboxError> {
+    pub fn shutdown(&self) -> Result<(), SandboxError> {
         self.stop_vm();
         self.dir.remove()?;
         Ok(())
     }
 
-    fn stop_vm(&mut self) {
-        let Some(vm) = self.vm.take() else {
+    fn stop_vm(&self) {
+        let Some(vm) = self.vm().take() else {
             return;
         };
         if !vm.is_finished() {
@@ -165,11 +177,21 @@ impl Sandbox {
     }
 }
 
+pub struct SandboxStopper(Option<husk_vmm::VmStopper>);
+
+impl SandboxStopper {
+    pub fn stop(&self) {
+        if let Some(s) = &self.0 {
+            s.stop();
+        }
+    }
+}
+
 impl Drop for Sandbox {
     /// A sandbox dropped without `shutdown` (an error path) still leaves
     /// nothing behind.
     fn drop(&mut self) {
-        if self.vm.is_some() {
+        if self.vm().is_some() {
             self.stop_vm();
             if let Err(e) = self.dir.remove() {
                 tracing::warn!(sandbox = %self.id, "removing the sandbox directory: {e}");

@@ -1,0 +1,131 @@
+//! Task events to containerd: TaskCreate, TaskStart, TaskExit, ... sent
+//! with `containerd.services.events.ttrpc.v1.Events/Forward` on containerd's
+//! ttrpc socket ($TTRPC_ADDRESS, given to the shim at start).
+//!
+//! Publishing never blocks a task operation: events go into a queue that
+//! one thread drains in order, connecting (and reconnecting) as needed; an
+//! event containerd cannot take after a few tries is logged and dropped.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{Duration, SystemTime};
+
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::topics::*;
+use containerd_shim_protos::{ttrpc, EventsClient};
+
+use super::convert::timestamp;
+
+const TRIES: u32 = 3;
+
+/// A task event and its topic.
+pub enum TaskEvent {
+    Create(TaskCreate),
+    Start(TaskStart),
+    Exit(TaskExit),
+    ExecAdded(TaskExecAdded),
+    ExecStarted(TaskExecStarted),
+    Oom(TaskOOM),
+    Delete(TaskDelete),
+    Paused(TaskPaused),
+    Resumed(TaskResumed),
+}
+
+impl TaskEvent {
+    fn topic_and_message(&self) -> (&'static str, &dyn MessageDyn) {
+        match self {
+            TaskEvent::Create(e) => (TASK_CREATE_EVENT_TOPIC, e),
+            TaskEvent::Start(e) => (TASK_START_EVENT_TOPIC, e),
+            TaskEvent::Exit(e) => (TASK_EXIT_EVENT_TOPIC, e),
+            TaskEvent::ExecAdded(e) => (TASK_EXEC_ADDED_EVENT_TOPIC, e),
+            TaskEvent::ExecStarted(e) => (TASK_EXEC_STARTED_EVENT_TOPIC, e),
+            TaskEvent::Oom(e) => (TASK_OOM_EVENT_TOPIC, e),
+            TaskEvent::Delete(e) => (TASK_DELETE_EVENT_TOPIC, e),
+            TaskEvent::Paused(e) => (TASK_PAUSED_EVENT_TOPIC, e),
+            TaskEvent::Resumed(e) => (TASK_RESUMED_EVENT_TOPIC, e),
+        }
+    }
+}
+
+/// Packs a message as containerd's typeurl does: the type URL is the
+/// message's full protobuf name.
+pub fn to_any(msg: &dyn MessageDyn) -> Any {
+    let mut any = Any::new();
+    any.type_url = msg.descriptor_dyn().full_name().to_string();
+    any.value = msg.write_to_bytes_dyn().unwrap_or_default();
+    any
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    queue: Sender<TaskEvent>,
+}
+
+impl Publisher {
+    /// Starts the publishing thread for containerd at `ttrpc_address`
+    /// (None: events are only logged, e.g. `husk run`).
+    pub fn start(ttrpc_address: Option<String>, namespace: String) -> Self {
+        let (queue, rx) = channel();
+        let spawned = std::thread::Builder::new()
+            .name("husk-events".into())
+            .spawn(move || drain(rx, ttrpc_address, &namespace));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the event publisher: {e}");
+        }
+        Self { queue }
+    }
+
+    pub fn publish(&self, event: TaskEvent) {
+        let _ = self.queue.send(event);
+    }
+}
+
+fn drain(rx: Receiver<TaskEvent>, address: Option<String>, namespace: &str) {
+    let mut client: Option<EventsClient> = None;
+    for event in rx {
+        let (topic, msg) = event.topic_and_message();
+        tracing::debug!(topic, "task event");
+        let Some(address) = &address else { continue };
+        let mut req = ForwardRequest::new();
+        let mut env = Envelope::new();
+        env.timestamp = Some(timestamp(SystemTime::now())).into();
+        env.namespace = namespace.to_string();
+        env.topic = topic.to_string();
+        env.event = Some(to_any(msg)).into();
+        req.envelope = Some(env).into();
+        let mut sent = false;
+        for _ in 0..TRIES {
+            let c = match client.as_ref() {
+                Some(c) => c,
+                None => match ttrpc::Client::connect(&format!("unix://{address}")) {
+                    Ok(c) => client.insert(EventsClient::new(c)),
+                    Err(e) => {
+                        tracing::warn!(address, "cannot reach containerd's events service: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                },
+            };
+            let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+            match c.forward(ctx, &req) {
+                Ok(_) => {
+                    sent = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, "forwarding an event to containerd: {e}");
+                    client = None;
+                }
+            }
+        }
+        if !sent {
+            tracing::error!(topic, "dropped a task event containerd did not take");
+        }
+    }
+}
