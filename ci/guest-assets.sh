@@ -11,6 +11,8 @@
 #   HUSK_AGENT_IMAGE     the runtime's default guest image: an erofs pmem
 #                        image with husk-agent as /sbin/init (nothing else:
 #                        containers get their root over virtio-fs)
+#   HUSK_BUSYBOX_OCI     a busybox OCI image archive for `ctr images import`
+#                        (docker.io/husk/busybox:latest)
 # Progress goes to stderr.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -69,9 +71,18 @@ pmem_image=$(cached selftest.erofs build-pmem-image.sh "$selftest" /bin/busybox:
 agent_initrd=$(cached agent-busybox.cpio build-initramfs.sh "$agent" "$stage/rootfs:/containers/busybox/rootfs")
 agent_image=$(cached agent.erofs build-pmem-image.sh "$agent")
 
+oci_key=$(sha256sum "$root/rootfs/build-busybox-oci.sh" "$root/rootfs/build-busybox-rootfs.sh" /bin/busybox | sha256sum | cut -c1-16)
+busybox_oci="$cache/images/$oci_key/busybox-oci.tar"
+if [ ! -s "$busybox_oci" ]; then
+  mkdir -p "$(dirname "$busybox_oci")"
+  "$root/rootfs/build-busybox-oci.sh" "$busybox_oci.tmp.$$" >/dev/null
+  mv "$busybox_oci.tmp.$$" "$busybox_oci"
+fi
+
 echo "HUSK_KERNEL=$kernel"
 echo "HUSK_INITRD=$initrd"
 echo "HUSK_BUSYBOX_INITRD=$bb_initrd"
 echo "HUSK_PMEM_IMAGE=$pmem_image"
 echo "HUSK_AGENT_INITRD=$agent_initrd"
 echo "HUSK_AGENT_IMAGE=$agent_image"
+echo "HUSK_BUSYBOX_OCI=$busybox_oci"

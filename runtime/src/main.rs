@@ -17,17 +17,17 @@ fn main() -> ExitCode {
     if name.as_deref() == Some(husk_runtime::shim::SHIM_BINARY) {
         return husk_runtime::shim::main(&argv[1..]);
     }
+    let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
                 // fuse-backend-rs logs every FUSE INIT's flag lists at info.
-                .unwrap_or_else(|_| "info,fuse_backend_rs=warn".into()),
+                .unwrap_or_else(|_| args.default_log_filter().into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let args = cli::Cli::parse();
     match cli::run(args, started) {
         Ok(code) => code,
         Err(e) => {

@@ -2,7 +2,9 @@
 //! its other name, the containerd shim: see `husk_runtime::shim`).
 
 mod bench;
+mod check;
 mod fs_share;
+mod install;
 mod run;
 mod terminal;
 mod vm;
@@ -27,6 +29,10 @@ pub struct Cli {
 enum Command {
     /// Run an OCI bundle in a fresh sandbox, attached to this terminal.
     Run(run::RunArgs),
+    /// Say whether this host can run husk.
+    Check(check::CheckArgs),
+    /// Install husk, its containerd shim, the guest kernel and images, and a config.
+    Install(install::InstallArgs),
     /// Boot a kernel in a VM and stream its console.
     Vm(vm::VmArgs),
     /// Measure husk.
@@ -34,9 +40,22 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Cli {
+    /// husk's own log level unless HUSK_LOG says otherwise: `husk run`
+    /// speaks for itself on stderr and logs only warnings.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Run(_) => "warn,fuse_backend_rs=warn",
+            _ => "info,fuse_backend_rs=warn",
+        }
+    }
+}
+
 pub fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Install(args) => install::run(args),
         Command::Vm(args) => vm::run(args, started),
         Command::Bench(cmd) => bench::run(cmd),
     }

@@ -48,28 +48,35 @@ pub struct RootfsMount {
     pub options: Vec<String>,
 }
 
+/// Checks containerd's rootfs mounts are ones husk can share (before a
+/// sandbox is booted for them): none, or one overlay or bind mount.
+pub fn check_rootfs(mounts: &[RootfsMount]) -> Result<(), MountError> {
+    match mounts {
+        [] => Ok(()),
+        [m] if m.typ == "overlay" || is_bind(m) => Ok(()),
+        [m] => Err(MountError::Unsupported { typ: m.typ.clone() }),
+        more => Err(MountError::TooMany(more.len())),
+    }
+}
+
+fn is_bind(m: &RootfsMount) -> bool {
+    m.typ == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
 /// Mounts containerd's rootfs mounts at `target`; nothing to do when there
 /// are none (the bundle's rootfs is already in place).
 pub fn mount_rootfs(mounts: &[RootfsMount], target: &Path) -> Result<(), MountError> {
-    let m = match mounts {
-        [] => return Ok(()),
-        [m] => m,
-        more => return Err(MountError::TooMany(more.len())),
+    check_rootfs(mounts)?;
+    let [m] = mounts else {
+        return Ok(());
     };
     create_dir(target)?;
     let (mut flags, data) = split_options(&m.options);
-    let is_bind = m.typ == "bind" || flags.contains(MsFlags::MS_BIND);
-    let fstype = match m.typ.as_str() {
-        "overlay" => Some("overlay"),
-        _ if is_bind => {
-            flags |= MsFlags::MS_BIND;
-            None
-        }
-        other => {
-            return Err(MountError::Unsupported {
-                typ: other.to_string(),
-            })
-        }
+    let fstype = if m.typ == "overlay" {
+        Some("overlay")
+    } else {
+        flags |= MsFlags::MS_BIND;
+        None
     };
     let data = (!data.is_empty()).then_some(data.as_str());
     mount(Some(m.source.as_str()), target, fstype, flags, data).map_err(|source| {

@@ -19,7 +19,7 @@ use super::events::{Publisher, TaskEvent};
 use super::process::{IoPaths, ProcessTask};
 use super::state::BundleState;
 use crate::config::HuskConfig;
-use crate::sandbox::mounts::RootfsMount;
+use crate::sandbox::mounts::{check_rootfs, RootfsMount};
 use crate::sandbox::size::vm_size;
 use crate::sandbox::spec::{BundleSpec, SandboxRole};
 use crate::sandbox::{blocking_ctx, NewContainer, Sandbox, SandboxSettings};
@@ -142,6 +142,8 @@ impl Shim {
         let role = spec
             .sandbox_role()
             .map_err(|e| TaskError::invalid(e.to_string()))?;
+        // What can be refused without a VM is refused before one boots.
+        check_rootfs(&req.rootfs).map_err(|e| TaskError::invalid(e.to_string()))?;
         let sandbox = match role {
             SandboxRole::Own if req.id == self.sandbox_id => self.boot_sandbox(&req, &spec)?,
             SandboxRole::Join(s) if s == self.sandbox_id => self.sandbox()?,

@@ -1,5 +1,8 @@
 #![allow(dead_code)] // each test binary uses part of this
-//! Shared helpers for real-guest tests: the guest assets and running `husk vm`.
+//! Shared helpers for real-guest tests: the guest assets, VMs run by the
+//! embedded VMM, and (`containerd`) a private containerd driving husk.
+
+pub mod containerd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,10 @@ pub struct GuestAssets {
     pub pmem_image: PathBuf,
     /// husk-agent as /init, a busybox rootfs at /containers/busybox/rootfs.
     pub agent_initrd: PathBuf,
+    /// The runtime's guest image: erofs with husk-agent as /sbin/init.
+    pub agent_image: PathBuf,
+    /// A busybox OCI image archive (docker.io/husk/busybox:latest).
+    pub busybox_oci: PathBuf,
 }
 
 /// The kernel, initramfs and pmem images: from the environment (`make test` sets
@@ -28,6 +35,8 @@ pub fn guest_assets() -> &'static GuestAssets {
             "HUSK_BUSYBOX_INITRD",
             "HUSK_PMEM_IMAGE",
             "HUSK_AGENT_INITRD",
+            "HUSK_AGENT_IMAGE",
+            "HUSK_BUSYBOX_OCI",
         ]
         .iter()
         .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -56,6 +65,8 @@ pub fn guest_assets() -> &'static GuestAssets {
             busybox_initrd: vars["HUSK_BUSYBOX_INITRD"].clone().into(),
             pmem_image: vars["HUSK_PMEM_IMAGE"].clone().into(),
             agent_initrd: vars["HUSK_AGENT_INITRD"].clone().into(),
+            agent_image: vars["HUSK_AGENT_IMAGE"].clone().into(),
+            busybox_oci: vars["HUSK_BUSYBOX_OCI"].clone().into(),
         }
     })
 }

@@ -4,6 +4,7 @@ mod boot;
 mod density;
 mod guest_process;
 mod procfs;
+mod start;
 mod syscalls;
 
 pub use procfs::monotonic_ns;
@@ -20,6 +21,8 @@ pub enum BenchCommand {
     Syscalls(syscalls::SyscallBenchArgs),
     /// Boot N idle guests from a shared pmem image, then N from an initramfs; host memory per guest.
     Density(density::DensityBenchArgs),
+    /// `ctr run --rm ... /bin/true` with husk and with runc; an idle pod's memory.
+    Start(start::StartBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -27,6 +30,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Boot(args) => boot::run(args),
         BenchCommand::Syscalls(args) => syscalls::run(args),
         BenchCommand::Density(args) => density::run(args),
+        BenchCommand::Start(args) => start::run(args),
     }
 }
 

@@ -1,0 +1,265 @@
+//! A private containerd for end-to-end tests: Debian's containerd 1.6,
+//! started by `ci/containerd-env.sh` in a directory of the test's own (its
+//! socket, root and state), with `containerd-shim-husk-v2` (a link to the
+//! husk binary under test) first on its PATH and a husk config of the
+//! test's own (HUSK_CONFIG, read by the shim at each sandbox's create).
+//! The busybox image is imported at start; `Drop` stops containerd, kills
+//! its leftover shims and removes the directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::guest_assets;
+
+pub const IMAGE: &str = "docker.io/husk/busybox:latest";
+pub const RUNTIME: &str = "io.containerd.husk.v2";
+/// Longest a ctr command may take (a cold sandbox boot is about a minute).
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct Containerd {
+    pub dir: PathBuf,
+    pub address: PathBuf,
+    /// The husk config the shims read; tests may rewrite it.
+    pub config: PathBuf,
+    /// husk's state directory for this containerd's sandboxes.
+    pub state_dir: PathBuf,
+    root: PathBuf,
+}
+
+/// Whether this host can run the containerd tests, or why not.
+pub fn containerd_or_skip(test: &str) -> bool {
+    if !super::kvm_or_skip(test) {
+        return false;
+    }
+    if !Path::new("/usr/bin/containerd").exists() || !Path::new("/usr/bin/ctr").exists() {
+        eprintln!("SKIP {test}: needs Debian's containerd and ctr (ci/setup.sh installs them)");
+        return false;
+    }
+    if !nix_is_root() {
+        eprintln!("SKIP {test}: needs root (containerd and the shim mount filesystems)");
+        return false;
+    }
+    true
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Containerd {
+    /// Starts containerd in `/tmp/husk-ctrd-<name>-<pid>` and imports the
+    /// busybox image.
+    pub fn start(name: &str) -> Self {
+        let assets = guest_assets();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let base = PathBuf::from(format!("/tmp/husk-ctrd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let shims = base.join("bin");
+        std::fs::create_dir_all(&shims).unwrap();
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_husk"),
+            shims.join("containerd-shim-husk-v2"),
+        )
+        .unwrap();
+        let state_dir = base.join("husk");
+        let config = base.join("husk.toml");
+        std::fs::write(&config, husk_config(&state_dir)).unwrap();
+        let dir = base.join("containerd");
+        let out = Command::new(root.join("ci/containerd-env.sh"))
+            .arg("start")
+            .arg(&dir)
+            .env("HUSK_SHIM_DIR", &shims)
+            .env("HUSK_CONFIG", &config)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running ci/containerd-env.sh start");
+        assert!(out.status.success(), "containerd did not start");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let address = text
+            .lines()
+            .find_map(|l| l.strip_prefix("CONTAINERD_ADDRESS="))
+            .expect("containerd-env printed its address")
+            .into();
+        let c = Self {
+            dir,
+            address,
+            config,
+            state_dir,
+            root: base,
+        };
+        let import = c.ctr(&[
+            "images",
+            "import",
+            &assets.busybox_oci.display().to_string(),
+        ]);
+        assert!(import.status.success(), "import: {}", stderr(&import));
+        c
+    }
+
+    /// `ctr --address A ARGS`, bounded by CTR_TIMEOUT.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args).output().expect("running ctr")
+    }
+
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args([
+            "-k",
+            "10",
+            &CTR_TIMEOUT.as_secs().to_string(),
+            "ctr",
+            "--address",
+        ])
+        .arg(&self.address)
+        .args(args);
+        cmd
+    }
+
+    /// `ctr run --rm --runtime husk [extra...] IMAGE ID ARGS...`.
+    pub fn run_args<'a>(&self, extra: &[&'a str], id: &'a str, args: &[&'a str]) -> Vec<String> {
+        let mut v: Vec<String> = ["run", "--rm", "--runtime", RUNTIME]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.push(IMAGE.into());
+        v.push(id.into());
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// The bundle containerd made for task `id` (namespace default).
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("state/io.containerd.runtime.v2.task/default")
+            .join(id)
+    }
+
+    /// Waits until `ctr task ls` shows `id` with `status`.
+    pub fn wait_task_status(&self, id: &str, status: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.ctr(&["task", "ls"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let found = text.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&id) && f.get(2) == Some(&status)
+            });
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {id} never became {status}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// husk shim processes serving this containerd.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let address = self.address.display().to_string();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_shim = args
+                .first()
+                .is_some_and(|a| a.ends_with("containerd-shim-husk-v2"));
+            let ours = args.contains(&address);
+            let zombie = std::fs::read_to_string(entry.path().join("stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true);
+            if is_shim && ours && !zombie {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Everything husk could leave behind for this containerd, described;
+    /// empty when clean.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let pids = self.shim_pids();
+        if !pids.is_empty() {
+            left.push(format!("husk shim processes {pids:?}"));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        for l in mounts.lines() {
+            let point = l.split(' ').nth(4).unwrap_or("");
+            if point.starts_with(&self.state_dir.display().to_string()) {
+                left.push(format!("mount {point}"));
+            }
+        }
+        let sandboxes = self.state_dir.join("sandboxes");
+        if let Ok(rd) = std::fs::read_dir(&sandboxes) {
+            for e in rd.flatten() {
+                left.push(format!("sandbox directory {}", e.path().display()));
+            }
+        }
+        let tasks = self.dir.join("state/io.containerd.runtime.v2.task/default");
+        if let Ok(rd) = std::fs::read_dir(&tasks) {
+            for e in rd.flatten() {
+                if e.path().join("husk.json").exists() {
+                    left.push(format!("bundle state {}", e.path().display()));
+                }
+            }
+        }
+        left
+    }
+
+    /// Shim sockets of this containerd's sandboxes that still exist.
+    pub fn socket_of(&self, sandbox: &str) -> PathBuf {
+        husk_runtime::shim::socket_path(&self.address.display().to_string(), "default", sandbox)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let _ = Command::new(root.join("ci/containerd-env.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A husk config for the test's sandboxes: the test kernel and agent image,
+/// state under the test's directory.
+pub fn husk_config(state_dir: &Path) -> String {
+    let a = guest_assets();
+    format!(
+        "[guest]\nkernel = \"{}\"\nimage = \"{}\"\ninitrd = \"{}\"\nmax_vcpus = 2\nmax_memory = \"1G\"\n\n[runtime]\nstate_dir = \"{}\"\n",
+        a.kernel.display(),
+        a.agent_image.display(),
+        a.agent_initrd.display(),
+        state_dir.display()
+    )
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
