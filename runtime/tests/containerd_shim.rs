@@ -87,6 +87,7 @@ fn one_sandbox_serves_a_pod_of_containers() {
     close_io_ends_cat(&c);
     a_tty_is_a_tty(&c);
     exec_kill_ps_metrics_pause(&c);
+    bind_mounts_reach_the_guest(&c);
     assert_eq!(c.shim_pids().len(), 1, "still one husk process");
     a_spec_the_agent_refuses_is_a_clear_error(&c);
 
@@ -256,6 +257,35 @@ fn exec_kill_ps_metrics_pause(c: &Containerd) {
     c.wait_task_status("pod", "PAUSED", Duration::from_secs(10));
     assert!(c.ctr(&["task", "resume", "pod"]).status.success());
     c.wait_task_status("pod", "RUNNING", Duration::from_secs(10));
+}
+
+/// A host file and a host directory bound into a container (the spec's
+/// bind mounts) are there in the guest, the directory read-only.
+fn bind_mounts_reach_the_guest(c: &Containerd) {
+    let host = c.dir.join("bind-src");
+    std::fs::create_dir_all(host.join("dir")).unwrap();
+    std::fs::write(host.join("file"), "a host file\n").unwrap();
+    std::fs::write(host.join("dir/inside"), "in a host dir\n").unwrap();
+    let file = format!(
+        "type=bind,src={},dst=/etc/from-host,options=rbind:ro",
+        host.join("file").display()
+    );
+    let dir = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        host.join("dir").display()
+    );
+    let mut extra = vec!["--mount", &file, "--mount", &dir];
+    extra.extend(JOIN);
+    let script = "cat /etc/from-host /data/inside; touch /data/x 2>/dev/null && echo writable || echo read-only";
+    let args = c.run_args(&extra, "j7", &["sh", "-c", script]);
+    let out = c.ctr(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        ok_lines(&out),
+        ["a host file", "in a host dir", "read-only"],
+        "{}",
+        stderr(&out)
+    );
+    assert!(!host.join("dir/x").exists());
 }
 
 /// A user namespace: husk's agent refuses it (the guest is the boundary).

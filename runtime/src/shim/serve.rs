@@ -60,11 +60,19 @@ pub fn run(args: &ShimArgs) -> anyhow::Result<()> {
 }
 
 /// Logs go to the bundle's `log` FIFO, which containerd reads; without it
-/// they go nowhere (stderr is /dev/null for the daemon).
+/// they go nowhere (stderr is /dev/null for the daemon). The level is
+/// HUSK_LOG, else `debug` when containerd runs with -debug, else the
+/// config's `runtime.log_level`.
 fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "info" };
+    let level = if debug {
+        "debug".to_string()
+    } else {
+        crate::config::HuskConfig::load(None, None)
+            .map(|c| c.runtime.log_level)
+            .unwrap_or_else(|_| "info".into())
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
-        .unwrap_or_else(|_| format!("{default},fuse_backend_rs=warn").into());
+        .unwrap_or_else(|_| format!("{level},fuse_backend_rs=warn").into());
     let log = OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NONBLOCK)

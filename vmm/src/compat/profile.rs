@@ -114,11 +114,11 @@ const SOFTWARE_KVM_HIDDEN: &[(u32, u32, CpuidReg, &[u8])] = &[
     // abm(lzcnt) sse4a xop fma4 tbm
     bits(0x8000_0001, 0, CpuidReg::Ecx, &[5, 6, 11, 16, 21]),
     // KVM PV features that make hypercalls: pv_unhalt (kick), pv_send_ipi,
-    // pv_sched_yield. The guest's `vmcall` is emulated here, and on an AMD
-    // host KVM "fixes" it into `vmmcall` by writing guest memory; once the
-    // kernel has write-protected its text that write faults (seen: an oops
-    // in the NMI-IPI path of a 2-vCPU guest). Without them the guest uses
-    // plain APIC writes and halts.
+    // pv_sched_yield. Guest kernel code is emulated here, and KVM's
+    // emulator "fixes" a hypercall instruction by rewriting it in guest
+    // memory; once the kernel has write-protected its text, that write
+    // faults (seen: an oops at a `vmcall` in the NMI-IPI path of a loaded
+    // 2-vCPU guest). Without them the guest uses plain APIC writes and halts.
     bits(0x4000_0001, 0, CpuidReg::Eax, &[7, 11, 13]),
 ];
 
