@@ -76,10 +76,30 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .into_iter()
         .map(|(a, l)| (a, l as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
         mib: size >> 20,
         source,
-    })
+    })?;
+    dont_fork(&mem);
+    Ok(mem)
+}
+
+/// MADV_DONTFORK on every RAM region: a child the VMM's process spawns
+/// (the shim's daemon, a helper) does not copy-on-write map guest RAM, and
+/// the flag keeps each region its own mapping (never merged with a
+/// neighbour), so /proc/PID/smaps shows guest RAM as exactly its size.
+pub fn dont_fork(mem: &GuestMemoryMmap) {
+    use vm_memory::{GuestMemory, GuestMemoryRegion};
+    for region in mem.iter() {
+        let Ok(host) = mem.get_host_address(region.start_addr()) else {
+            continue;
+        };
+        // SAFETY: madvise on a mapping this process owns, for its whole length.
+        let r = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_DONTFORK) };
+        if r != 0 {
+            tracing::debug!("MADV_DONTFORK on guest RAM: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 #[cfg(test)]
