@@ -100,6 +100,34 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// How long a sandbox's agent may take to be ready after its VM starts.
     pub boot_timeout_secs: u64,
+    /// Start VMs from a snapshot of a booted agent VM: `auto` (made on
+    /// first use, under `template_dir`), `off`, or a template's path.
+    pub template: TemplateMode,
+    pub template_dir: PathBuf,
+}
+
+/// `runtime.template`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateMode {
+    Auto,
+    Off,
+    Path(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for TemplateMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "auto" => TemplateMode::Auto,
+            "off" => TemplateMode::Off,
+            "" => {
+                return Err(serde::de::Error::custom(
+                    "expected \"auto\", \"off\" or a template's path",
+                ))
+            }
+            path => TemplateMode::Path(PathBuf::from(path)),
+        })
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -109,6 +137,8 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from("/run/husk"),
             // A cold boot takes about a minute on software-KVM hosts.
             boot_timeout_secs: 600,
+            template: TemplateMode::Auto,
+            template_dir: PathBuf::from("/var/lib/husk/templates"),
         }
     }
 }
@@ -264,6 +294,10 @@ log_level = "info"
 state_dir = "/run/husk"
 # How long a new sandbox's agent may take to be ready.
 boot_timeout_secs = 600
+# Start sandboxes of the default size from a template (a snapshot of a
+# booted agent VM, made on first use): "auto", "off", or a template's path.
+template = "auto"
+template_dir = "/var/lib/husk/templates"
 "#,
         kernel = share_dir.join("vmlinux").display(),
         image = share_dir.join("agent.erofs").display(),

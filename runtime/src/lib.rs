@@ -6,6 +6,7 @@
 //! - `sandbox`: a VM with its agent, and the containers in it.
 //! - `shim`: `containerd-shim-husk-v2`.
 //! - `stdio`: a guest process's streams bridged to FIFOs or host streams.
+//! - `template`: starting sandboxes from a snapshot of a booted agent VM.
 //! - `size`: human memory sizes.
 pub mod agent_client;
 pub mod config;
@@ -13,3 +14,4 @@ pub mod sandbox;
 pub mod shim;
 pub mod size;
 pub mod stdio;
+pub mod template;

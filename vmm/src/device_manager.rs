@@ -91,6 +91,10 @@ type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 #[derive(Default)]
 pub struct DeviceManager {
     subscribers: Vec<Subscriber>,
+    /// Every device's transport, in the order added (a snapshot's order).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Guest-physical base of each pmem image, in the order added.
+    pub pmem_bases: Vec<u64>,
 }
 
 impl DeviceManager {
@@ -139,6 +143,7 @@ impl DeviceManager {
             "pmem image mapped"
         );
         let device = Arc::new(Mutex::new(PmemDevice::new(image.file, base.0, size)?));
+        self.pmem_bases.push(base.0);
         self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
         Ok(fs)
@@ -213,10 +218,16 @@ impl DeviceManager {
                     source,
                 })?;
         }
-        ctx.mmio
-            .insert(Arc::new(Mutex::new(transport)), base.0, MMIO_LEN)?;
+        let transport = Arc::new(Mutex::new(transport));
+        ctx.mmio.insert(transport.clone(), base.0, MMIO_LEN)?;
+        self.transports.push(transport);
         ctx.cmdline.add_virtio_mmio(base, irq)?;
         Ok(())
+    }
+
+    /// The transports of the devices added so far, in order.
+    pub fn transports(&self) -> Vec<Arc<Mutex<MmioTransport>>> {
+        self.transports.clone()
     }
 
     /// Starts the device thread; `None` when there are no virtio devices.

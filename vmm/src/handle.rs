@@ -86,6 +86,13 @@ impl VmHandle {
         self.join()
     }
 
+    /// Snapshots the VM into the (existing, empty) directory `dir`, making
+    /// it a template; the VM ends with it.
+    pub fn snapshot(self, dir: &std::path::Path) -> Result<RunReport, VmError> {
+        self.stopper.snapshot(dir.to_path_buf());
+        self.wait()
+    }
+
     fn join(&mut self) -> Result<RunReport, VmError> {
         let thread = self.thread.take().expect("joined once");
         match thread.join() {

@@ -21,6 +21,7 @@ pub mod layout;
 pub mod memory;
 pub mod pmem;
 pub mod resources;
+pub mod snapshot;
 pub mod testing;
 pub mod vcpu;
 pub mod vm;

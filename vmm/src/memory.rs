@@ -97,7 +97,10 @@ pub fn dont_fork(mem: &GuestMemoryMmap) {
         // SAFETY: madvise on a mapping this process owns, for its whole length.
         let r = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_DONTFORK) };
         if r != 0 {
-            tracing::debug!("MADV_DONTFORK on guest RAM: {}", std::io::Error::last_os_error());
+            tracing::debug!(
+                "MADV_DONTFORK on guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::compat::guest_walk;
 use crate::compat::insn_fallback::{self, Fallback};
 use crate::compat::xsave_fallback::{self, XsaveInsn, XsaveLayout, XsaveOp};
+use crate::snapshot::kvm_state::VcpuState;
 
 const GP_VECTOR: u8 = 13;
 
@@ -40,6 +41,8 @@ pub enum VcpuEvent {
     Failed { cpu: u8, reason: String },
     /// vCPU 0 is about to run its first guest instruction.
     FirstEntry { at: Instant },
+    /// The vCPU paused for a snapshot and saved its state; its thread ends.
+    Saved { cpu: u8, state: Box<VcpuState> },
 }
 
 pub struct Vcpu {
@@ -52,6 +55,10 @@ pub struct Vcpu {
     pub emulate_missing: bool,
     pub on_first_entry: Option<fn()>,
     pub stop: Arc<AtomicBool>,
+    /// Set for a snapshot: save the state at the top of the run loop and end.
+    pub pause: Arc<AtomicBool>,
+    /// The MSRs a snapshot saves (KVM's index list).
+    pub msr_index: Arc<Vec<u32>>,
     pub events: Sender<VcpuEvent>,
     /// Written after each event so the control thread wakes up.
     pub wake: EventFd,
@@ -72,6 +79,10 @@ impl Vcpu {
             hook();
         }
         while !self.stop.load(Ordering::Acquire) {
+            // The top of the loop: no instruction is half-completed here.
+            if self.pause.load(Ordering::Acquire) {
+                return self.save_for_snapshot();
+            }
             match self.step() {
                 Step::Continue => {}
                 Step::Exit(event) => {
@@ -80,6 +91,26 @@ impl Vcpu {
                 }
             }
         }
+    }
+
+    /// One KVM_RUN under immediate_exit lets KVM finish a pending port or
+    /// MMIO access without running the guest; then the state is complete.
+    fn save_for_snapshot(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        let cpu = self.id;
+        let event = match VcpuState::save(&self.fd, cpu, &self.msr_index) {
+            Ok(state) => VcpuEvent::Saved {
+                cpu,
+                state: Box::new(state),
+            },
+            Err(e) => VcpuEvent::Failed {
+                cpu,
+                reason: format!("saving its state: {e}"),
+            },
+        };
+        self.report(event);
     }
 
     fn report(&self, event: VcpuEvent) {

@@ -126,6 +126,8 @@ fn pio_and_mmio_reach_their_bus_devices() {
         emulate_missing: false,
         on_first_entry: None,
         stop: stop.clone(),
+        pause: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        msr_index: Arc::new(Vec::new()),
         events: tx,
         wake: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
     };

@@ -36,6 +36,10 @@ impl Sandbox {
         }
     }
 
+    pub fn scope(&self) -> GuestScope {
+        self.scope
+    }
+
     pub fn create(
         &self,
         sandbox_id: &str,

@@ -69,6 +69,13 @@ impl AgentService for AgentRpc {
         reply("CreateSandbox", empty(r))
     }
 
+    fn restored(&self, _: &TtrpcContext, req: agent::RestoredRequest) -> Reply<agent::Empty> {
+        reply(
+            "Restored",
+            empty(super::restored::restored(self.sandbox.scope(), &req)),
+        )
+    }
+
     fn destroy_sandbox(
         &self,
         _: &TtrpcContext,

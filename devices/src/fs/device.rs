@@ -16,7 +16,8 @@ use super::backend::{self, FuseServer};
 use super::dax::{DaxWindow, DAX_ALIGNMENT};
 use super::{FsMetrics, DAX_SHM_ID, VIRTIO_ID_FS};
 use crate::virtio::{
-    ActivateContext, ActivateError, ActiveQueues, ShmRegion, VirtioDevice, VIRTIO_F_VERSION_1,
+    ActivateContext, ActivateError, ActiveQueues, QueueSnapshot, ShmRegion, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// Size of the tag field in config space; the guest mounts the tag.
@@ -247,6 +248,10 @@ impl VirtioDevice for FsDevice {
                 tracing::error!("virtio-fs: cannot empty the DAX window on reset: {e}");
             }
         }
+    }
+
+    fn active_queue_states(&self) -> Option<Vec<QueueSnapshot>> {
+        self.active.as_ref().map(ActiveQueues::snapshots)
     }
 
     fn shm_regions(&self) -> Vec<ShmRegion> {

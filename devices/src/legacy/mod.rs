@@ -6,4 +6,4 @@ pub mod serial;
 
 pub use console_log::{ConsoleLog, ConsoleWriter};
 pub use i8042::I8042;
-pub use serial::{IrqTrigger, SerialConsole};
+pub use serial::{IrqTrigger, SerialConsole, SerialSnapshot};

@@ -29,11 +29,68 @@ pub struct SerialConsole {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
 }
 
+/// The UART's registers for a VM snapshot (vm-superio's `SerialState`,
+/// which is not serde). Without them a restored guest's driver would wait
+/// for interrupts its fresh UART never raises.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl SerialConsole {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
         Self {
             uart: Serial::new(IrqTrigger(irq), out),
         }
+    }
+
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A console in the state `s` (checked by vm-superio: a FIFO too full
+    /// is an error).
+    pub fn from_snapshot(
+        irq: EventFd,
+        out: Box<dyn Write + Send>,
+        s: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| format!("the serial console's snapshot is not valid: {e:?}"))?;
+        Ok(Self { uart })
     }
 }
 

@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{PmemMetrics, VIRTIO_ID_PMEM};
 use crate::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, VirtioDevice,
+    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, QueueSnapshot, VirtioDevice,
     VIRTIO_F_VERSION_1,
 };
 
@@ -95,5 +95,9 @@ impl VirtioDevice for PmemDevice {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn active_queue_states(&self) -> Option<Vec<QueueSnapshot>> {
+        self.active.as_ref().map(ActiveQueues::snapshots)
     }
 }

@@ -13,6 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::snapshot::QueueSnapshot;
 use super::{GuestMemory, InterruptCause, VirtioInterrupt};
 
 /// Everything a device needs to start serving the driver.
@@ -58,6 +59,10 @@ pub struct ActiveQueues {
 }
 
 impl ActiveQueues {
+    pub fn snapshots(&self) -> Vec<QueueSnapshot> {
+        self.queues.iter().map(QueueSnapshot::of).collect()
+    }
+
     /// Interrupts the guest after buffers of queue `q` were used, unless the
     /// driver suppressed notifications; `device` names the device in the log.
     pub fn notify_used(&mut self, q: usize, device: &str) {
@@ -128,6 +133,11 @@ pub trait VirtioDevice: Send {
     fn shm_base(&self, _id: u8) -> Option<GuestAddress> {
         None
     }
+    /// The live queues of an active device, for a snapshot.
+    fn active_queue_states(&self) -> Option<Vec<QueueSnapshot>>;
+    /// Called once after the device was activated from a snapshot, before
+    /// the guest runs again (vsock tells the guest its connections are gone).
+    fn restored(&mut self) {}
 }
 
 /// Copies config-space bytes from `offset` into `data`; bytes past the end

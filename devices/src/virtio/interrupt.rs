@@ -27,6 +27,8 @@ pub trait VirtioInterrupt: Send + Sync {
     fn status(&self) -> u32;
     /// Clears the acknowledged bits (InterruptACK).
     fn ack(&self, bits: u32);
+    /// Sets the status word from a snapshot, raising the line if any bit is set.
+    fn restore_status(&self, bits: u32) -> std::io::Result<()>;
 }
 
 /// An interrupt line backed by an eventfd (an irqfd once the VMM registers it).
@@ -61,6 +63,14 @@ impl VirtioInterrupt for IrqFdInterrupt {
 
     fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn restore_status(&self, bits: u32) -> std::io::Result<()> {
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            self.irqfd.write(1)?;
+        }
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::snapshot::{QueueSnapshot, SnapshotError, TransportSnapshot};
 use super::status::*;
 use super::{
     ActivateContext, GuestMemory, InterruptCause, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
@@ -103,6 +104,89 @@ impl MmioTransport {
     /// The current device status register.
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// The transport's registers and the device's live queues.
+    pub fn snapshot(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            device_type: self.device_type,
+            acked_features: self.acked_features,
+            features_sel: self.features_sel,
+            acked_features_sel: self.acked_features_sel,
+            queue_sel: self.queue_sel,
+            shm_sel: self.shm_sel,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues: self.queues.iter().map(QueueSnapshot::of).collect(),
+            active_queues: lock(&self.device).active_queue_states(),
+        }
+    }
+
+    /// Puts a fresh transport (and its device) back where `s` was: the
+    /// registers, then, if the driver had reached DRIVER_OK, the device
+    /// activated with its saved queues. Call once the VM's interrupt
+    /// controller is restored: a pending interrupt is raised again.
+    pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), SnapshotError> {
+        if s.device_type != self.device_type {
+            return Err(SnapshotError::DeviceType {
+                want: self.device_type,
+                got: s.device_type,
+            });
+        }
+        if s.queues.len() != self.queues.len() {
+            return Err(SnapshotError::QueueCount {
+                want: self.queues.len(),
+                got: s.queues.len(),
+            });
+        }
+        self.queues = s
+            .queues
+            .iter()
+            .map(|q| q.to_queue())
+            .collect::<Result<_, _>>()?;
+        self.acked_features = s.acked_features;
+        self.features_sel = s.features_sel;
+        self.acked_features_sel = s.acked_features_sel;
+        self.queue_sel = s.queue_sel;
+        self.shm_sel = s.shm_sel;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        if let Some(active) = &s.active_queues {
+            self.activate_restored(active)?;
+        }
+        self.interrupt
+            .restore_status(s.interrupt_status)
+            .map_err(|e| SnapshotError::Activate(format!("raising the interrupt: {e}")))
+    }
+
+    fn activate_restored(&mut self, active: &[QueueSnapshot]) -> Result<(), SnapshotError> {
+        if active.len() != self.queues.len() {
+            return Err(SnapshotError::QueueCount {
+                want: self.queues.len(),
+                got: active.len(),
+            });
+        }
+        let queues = active
+            .iter()
+            .map(|q| q.to_queue())
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = queues.iter().position(|q| !q.is_valid(&self.mem)) {
+            return Err(SnapshotError::Queue(format!(
+                "queue {i} is outside guest memory"
+            )));
+        }
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.acked_features,
+        };
+        let mut dev = lock(&self.device);
+        dev.activate(ctx)
+            .map_err(|e| SnapshotError::Activate(e.to_string()))?;
+        dev.restored();
+        Ok(())
     }
 
     fn read_reg(&self, offset: u64) -> u32 {

@@ -6,7 +6,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
 use crate::virtio::test_utils::{GuestDriver, MEM_SIZE};
-use crate::virtio::{status, VirtioInterrupt};
+use crate::virtio::{status, QueueSnapshot, VirtioInterrupt};
 
 struct Dummy {
     evts: Vec<EventFd>,
@@ -38,6 +38,9 @@ impl VirtioDevice for Dummy {
     }
     fn reset(&mut self) {
         self.active = false;
+    }
+    fn active_queue_states(&self) -> Option<Vec<QueueSnapshot>> {
+        None
     }
     fn shm_regions(&self) -> Vec<super::super::ShmRegion> {
         self.shm.into_iter().collect()
@@ -196,6 +199,9 @@ fn devices_without_shared_memory_keep_the_default_contract() {
             Ok(())
         }
         fn reset(&mut self) {}
+        fn active_queue_states(&self) -> Option<Vec<QueueSnapshot>> {
+            None
+        }
     }
     let mut dev = NoShm;
     dev.set_shm_base(0, GuestAddress(0x1000));

@@ -11,6 +11,7 @@
 mod device;
 mod interrupt;
 mod mmio;
+mod snapshot;
 #[cfg(any(test, feature = "test-harness"))]
 pub mod test_utils;
 
@@ -19,6 +20,7 @@ pub use device::{
 };
 pub use interrupt::{InterruptCause, IrqFdInterrupt, VirtioInterrupt};
 pub use mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+pub use snapshot::{QueueSnapshot, SnapshotError, TransportSnapshot};
 
 /// Guest memory as every virtio device sees it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::muxer::{MuxerError, VsockMuxer};
 use super::{VsockMetrics, VIRTIO_ID_VSOCK};
 use crate::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, VirtioDevice,
+    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, QueueSnapshot, VirtioDevice,
     VIRTIO_F_VERSION_1,
 };
 
@@ -53,6 +53,10 @@ pub struct VsockDevice {
     pub(super) active: Option<ActiveQueues>,
     pub(super) muxer: VsockMuxer,
     pub(super) metrics: Arc<VsockMetrics>,
+    /// A transport reset was sent and the guest has not taken it yet: no
+    /// packet goes to the guest before it has, or the reset would also
+    /// kill connections made after the restore.
+    pub(super) reset_pending: bool,
 }
 
 impl VsockDevice {
@@ -76,6 +80,7 @@ impl VsockDevice {
                 metrics.clone(),
             )?,
             metrics,
+            reset_pending: false,
         })
     }
 
@@ -122,6 +127,19 @@ impl VirtioDevice for VsockDevice {
 
     fn reset(&mut self) {
         self.active = None;
+        self.reset_pending = false;
         self.muxer.reset();
+    }
+
+    fn active_queue_states(&self) -> Option<Vec<QueueSnapshot>> {
+        self.active.as_ref().map(ActiveQueues::snapshots)
+    }
+
+    /// A restored guest still holds the connections of the VM it was
+    /// snapshotted from, which this device (a new muxer) never had:
+    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET tells it to drop them; listening
+    /// sockets survive.
+    fn restored(&mut self) {
+        self.reset_pending = super::event_handler::send_transport_reset(self);
     }
 }

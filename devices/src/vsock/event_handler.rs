@@ -8,6 +8,7 @@
 //! that connection is reset. It never stops other connections. The guest is interrupted
 //! once per `process()`, if any queue was used.
 
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
@@ -39,15 +40,22 @@ impl VsockDevice {
         };
         let mut used_rx = false;
         let mut used_tx = false;
+        if token == PROCESS_EVQ && self.reset_pending {
+            // The guest returned the event buffer: the reset is done.
+            self.reset_pending = false;
+            tracing::debug!("vsock: the guest took the transport reset");
+        }
         match token {
-            PROCESS_RXQ => {}
+            PROCESS_RXQ | PROCESS_EVQ => {}
             PROCESS_TXQ | PROCESS_ACTIVATE => {
                 used_tx = process_tx(active, &mut self.muxer, &self.metrics)
             }
             PROCESS_BACKEND => self.muxer.process_events(),
             _ => return,
         }
-        used_rx |= process_rx(active, &mut self.muxer, &self.metrics);
+        if !self.reset_pending {
+            used_rx |= process_rx(active, &mut self.muxer, &self.metrics);
+        }
         if used_tx {
             active.notify_used(TXQ, "vsock");
         }
@@ -127,6 +135,40 @@ fn process_rx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &Vsock
         used = true;
     }
     used
+}
+
+/// virtio_vsock_event.id of a transport reset (virtio 1.2, 5.10.6.4.1).
+const EVENT_TRANSPORT_RESET: u32 = 0;
+
+/// Puts a transport-reset event in the first event buffer the guest
+/// offered; true if the guest got one (it gives the buffer back, kicking
+/// the event queue, once it has dropped its connections).
+pub(super) fn send_transport_reset(dev: &mut VsockDevice) -> bool {
+    let Some(active) = dev.active.as_mut() else {
+        return false;
+    };
+    let ActiveQueues { mem, queues, .. } = &mut *active;
+    let queue = &mut queues[EVQ];
+    let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+        tracing::warn!("vsock: the guest offered no event buffer for the transport reset");
+        return false;
+    };
+    let head = chain.head_index();
+    let written = chain
+        .writer(&*mem)
+        .ok()
+        .and_then(|mut w| w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).ok());
+    if written.is_none() {
+        tracing::warn!("vsock: the guest's event buffer cannot hold an event");
+    }
+    let len = if written.is_some() { 4 } else { 0 };
+    if let Err(e) = queue.add_used(&*mem, head, len) {
+        tracing::error!("vsock: cannot return the event buffer: {e}");
+        return false;
+    }
+    active.notify_used(EVQ, "vsock");
+    tracing::info!("vsock: told the guest its transport was reset (restored from a snapshot)");
+    len > 0
 }
 
 impl MutEventSubscriber for VsockDevice {

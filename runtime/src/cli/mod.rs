@@ -6,6 +6,7 @@ mod check;
 mod fs_share;
 mod install;
 mod run;
+mod template;
 mod terminal;
 mod vm;
 
@@ -33,6 +34,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Install husk, its containerd shim, the guest kernel and images, and a config.
     Install(install::InstallArgs),
+    /// Make VM templates (snapshots of a booted agent VM).
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// Boot a kernel in a VM and stream its console.
     Vm(vm::VmArgs),
     /// Measure husk.
@@ -56,6 +60,7 @@ pub fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::Install(args) => install::run(args),
+        Command::Template(cmd) => template::run(cmd),
         Command::Vm(args) => vm::run(args, started),
         Command::Bench(cmd) => bench::run(cmd),
     }

@@ -1,4 +1,5 @@
-//! `husk vm`: boot a kernel with an initrd or a pmem root image and stream the console.
+//! `husk vm`: boot a kernel with an initrd or a pmem root image (or start
+//! from a template) and stream the console.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,17 +14,20 @@ use husk_runtime::size::parse_mem_size;
 #[derive(Args)]
 pub struct VmArgs {
     /// Guest kernel: an ELF vmlinux (booted through PVH) or a bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "from_template")]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk (newc cpio, optionally compressed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "from_template")]
     initrd: Option<PathBuf>,
-    /// Guest memory, e.g. 128M or 1G.
-    #[arg(long, default_value = "128M", value_parser = parse_mem_size)]
-    mem: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: u8,
+    /// Guest memory, e.g. 128M or 1G (default 128M; a template's own).
+    #[arg(long, value_parser = parse_mem_size)]
+    mem: Option<u64>,
+    /// Number of vCPUs (default 1; a template's own).
+    #[arg(long)]
+    cpus: Option<u8>,
+    /// Start from a template (`husk template create`) instead of booting.
+    #[arg(long, value_name = "DIR")]
+    from_template: Option<PathBuf>,
     /// Kernel command line (replaces the default; compatibility flags are still appended).
     #[arg(long)]
     cmdline: Option<String>,
@@ -54,12 +58,20 @@ pub struct VmArgs {
 }
 
 impl VmArgs {
-    fn config(&self) -> VmConfig {
-        VmConfig {
-            kernel: self.kernel.clone(),
+    fn config(&self) -> anyhow::Result<VmConfig> {
+        let (mem, cpus, pmem) = match &self.from_template {
+            None => (
+                self.mem.unwrap_or(128 << 20),
+                self.cpus.unwrap_or(1),
+                self.pmem.clone(),
+            ),
+            Some(dir) => from_template(dir, self)?,
+        };
+        Ok(VmConfig {
+            kernel: self.kernel.clone().unwrap_or_default(),
             initrd: self.initrd.clone(),
-            mem_bytes: self.mem,
-            cpus: self.cpus,
+            mem_bytes: mem,
+            cpus,
             cmdline: self.cmdline.clone(),
             console: self
                 .console
@@ -68,14 +80,53 @@ impl VmArgs {
             compat: self.compat,
             on_first_entry: None,
             vsock: self.vsock.clone(),
-            pmem: self.pmem.clone(),
+            pmem,
             fs: self.fs.clone(),
-        }
+            template: self.from_template.clone(),
+        })
     }
 }
 
+/// A template's memory, vCPUs and (unless given) pmem images; asking for
+/// another size is an error.
+fn from_template(
+    dir: &std::path::Path,
+    args: &VmArgs,
+) -> anyhow::Result<(u64, u8, Vec<husk_vmm::PmemSpec>)> {
+    let t = husk_vmm::snapshot::Template::open(dir)?;
+    let h = &t.header;
+    if let Some(mem) = args.mem.filter(|&m| m != h.mem_bytes) {
+        anyhow::bail!(
+            "--mem {} MiB: the template {} has {} MiB (a template's size is its own)",
+            mem >> 20,
+            dir.display(),
+            h.mem_bytes >> 20
+        );
+    }
+    if let Some(cpus) = args.cpus.filter(|&c| c != h.vcpus) {
+        anyhow::bail!(
+            "--cpus {cpus}: the template {} has {} vCPUs (a template's size is its own)",
+            dir.display(),
+            h.vcpus
+        );
+    }
+    let pmem = if args.pmem.is_empty() {
+        h.devices
+            .pmem
+            .iter()
+            .map(|(image, _)| husk_vmm::PmemSpec {
+                path: image.path.clone(),
+                read_only: true,
+            })
+            .collect()
+    } else {
+        args.pmem.clone()
+    };
+    Ok((h.mem_bytes, h.vcpus, pmem))
+}
+
 pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    let mut config = args.config();
+    let mut config = args.config()?;
     if args.report_timing {
         config.on_first_entry = Some(print_first_entry);
     }

@@ -11,9 +11,11 @@
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use husk_agent_protocol::agent;
+use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_vmm::{ConsoleTarget, PmemSpec, VmConfig, VmHandle};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -27,7 +29,10 @@ use crate::config::{GuestBoot, HuskConfig};
 const GUEST_CID: u64 = 3;
 /// Kernel parameters of a sandbox guest: its console is a log, so `quiet`
 /// keeps the kernel's boot chatter (slow on an emulated serial port) out.
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+/// kvm-clock as the clocksource: a VM restored from a template keeps
+/// kvmclock continuous (KVM_SET_CLOCK), while its TSC jumps by the
+/// template's age on hosts that cannot set it.
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet clocksource=kvm-clock";
 
 pub struct SandboxSettings {
     pub id: String,
@@ -46,16 +51,18 @@ pub struct BootTimings {
 }
 
 impl Sandbox {
-    /// Boots the sandbox's VM and returns once its agent serves and the
-    /// sandbox exists in the guest. On failure nothing is left behind.
+    /// Boots the sandbox's VM (from a template when the config has one for
+    /// this size) and returns once its agent serves and the sandbox exists
+    /// in the guest. On failure nothing is left behind.
     pub fn boot(s: &SandboxSettings) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
         s.config.check_guest_files()?;
+        let template = crate::template::resolve(&s.config, s.size, s.boot_timeout)?;
         let dir = SandboxDir::new(&s.config.runtime.state_dir, &s.id);
         // A directory left by a crashed runtime for this id goes first.
         dir.remove()?;
         dir.create()?;
-        let result = boot_in(s, &dir, started);
+        let result = boot_in(s, &dir, started, template.as_deref());
         if result.is_err() {
             if let Err(e) = dir.remove() {
                 tracing::warn!(sandbox = %s.id, "removing the directory of a failed boot: {e}");
@@ -69,17 +76,12 @@ fn boot_in(
     s: &SandboxSettings,
     dir: &SandboxDir,
     started: Instant,
+    template: Option<&Path>,
 ) -> Result<Sandbox, SandboxError> {
-    let ready = UnixListener::bind(dir.ready_socket()).map_err(|source| SandboxError::Ready {
-        id: s.id.clone(),
-        source,
-    })?;
-    let vm = VmHandle::start(&vm_config(s, dir)).map_err(|source| SandboxError::Vm {
-        id: s.id.clone(),
-        source,
-    })?;
-    tracing::info!(sandbox = %s.id, vcpus = s.size.vcpus, mem_mib = s.size.mem_bytes >> 20, "VM started");
-    wait_ready(s, dir, &ready, &vm)?;
+    let vm = match template {
+        None => start_and_wait_ready(&s.id, &s.config, s.size, dir, s.boot_timeout)?,
+        Some(t) => start_vm(&s.id, &guest_vm_config(&s.config, s.size, dir, Some(t)))?,
+    };
     let agent_ready = Instant::now();
     let agent =
         connect_agent(&dir.vsock_socket(), AGENT_VSOCK_PORT, RPC_TIMEOUT).map_err(|source| {
@@ -88,6 +90,9 @@ fn boot_in(
                 source,
             }
         })?;
+    if template.is_some() {
+        make_clone_its_own(&s.id, &agent)?;
+    }
     let req = agent::CreateSandboxRequest {
         sandbox_id: s.id.clone(),
         hostname: s.hostname.clone().unwrap_or_default(),
@@ -99,6 +104,7 @@ fn boot_in(
         .map_err(|e| SandboxError::rpc(format!("sandbox {}: CreateSandbox", s.id), e))?;
     tracing::info!(
         sandbox = %s.id,
+        from_template = template.is_some(),
         ready_ms = agent_ready.duration_since(started).as_millis() as u64,
         "agent ready"
     );
@@ -114,8 +120,70 @@ fn boot_in(
     })
 }
 
-fn vm_config(s: &SandboxSettings, dir: &SandboxDir) -> VmConfig {
-    let g = &s.config.guest;
+fn start_vm(id: &str, config: &VmConfig) -> Result<VmHandle, SandboxError> {
+    let vm = VmHandle::start(config).map_err(|source| SandboxError::Vm {
+        id: id.to_string(),
+        source,
+    })?;
+    tracing::info!(
+        sandbox = %id,
+        vcpus = config.cpus,
+        mem_mib = config.mem_bytes >> 20,
+        from_template = config.template.is_some(),
+        "VM started"
+    );
+    Ok(vm)
+}
+
+/// Cold-boots a sandbox VM in `dir` and waits for the agent's ready call.
+pub fn start_and_wait_ready(
+    id: &str,
+    config: &HuskConfig,
+    size: VmSize,
+    dir: &SandboxDir,
+    timeout: Duration,
+) -> Result<VmHandle, SandboxError> {
+    let ready = UnixListener::bind(dir.ready_socket()).map_err(|source| SandboxError::Ready {
+        id: id.to_string(),
+        source,
+    })?;
+    let vm = start_vm(id, &guest_vm_config(config, size, dir, None))?;
+    wait_ready(id, timeout, dir, &ready, &vm)?;
+    Ok(vm)
+}
+
+/// A clone of a template gets the host's wall clock and host entropy.
+fn make_clone_its_own(id: &str, agent: &AgentServiceClient) -> Result<(), SandboxError> {
+    let mut entropy = vec![0u8; 64];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+        .map_err(|source| SandboxError::Ready {
+            id: id.to_string(),
+            source,
+        })?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let req = agent::RestoredRequest {
+        wall_clock_ns: now.as_nanos() as i64,
+        entropy,
+        ..Default::default()
+    };
+    agent
+        .restored(ctx(RPC_TIMEOUT), &req)
+        .map_err(|e| SandboxError::rpc(format!("sandbox {id}: Restored"), e))?;
+    Ok(())
+}
+
+/// The VM of a sandbox: the guest image, the vsock device, the one
+/// virtio-fs device for the shared directory; from `template` if given.
+pub fn guest_vm_config(
+    config: &HuskConfig,
+    size: VmSize,
+    dir: &SandboxDir,
+    template: Option<&Path>,
+) -> VmConfig {
+    let g = &config.guest;
     let (initrd, pmem) = match g.boot {
         GuestBoot::Image => (
             None,
@@ -128,9 +196,9 @@ fn vm_config(s: &SandboxSettings, dir: &SandboxDir) -> VmConfig {
     };
     VmConfig {
         kernel: g.kernel.clone(),
-        initrd,
-        mem_bytes: s.size.mem_bytes,
-        cpus: s.size.vcpus,
+        initrd: if template.is_some() { None } else { initrd },
+        mem_bytes: size.mem_bytes,
+        cpus: size.vcpus,
         cmdline: Some(CMDLINE.into()),
         console: ConsoleTarget::File(dir.console()),
         compat: g.compat,
@@ -141,21 +209,23 @@ fn vm_config(s: &SandboxSettings, dir: &SandboxDir) -> VmConfig {
         }),
         pmem,
         fs: vec![husk_vmm::FsConfig::new(SHARED_FS_TAG, &dir.shared())],
+        template: template.map(Path::to_path_buf),
     }
 }
 
 /// Waits for the agent's `READY` line, the VM's end or the timeout.
 fn wait_ready(
-    s: &SandboxSettings,
+    id: &str,
+    timeout: Duration,
     dir: &SandboxDir,
     ready: &UnixListener,
     vm: &VmHandle,
 ) -> Result<(), SandboxError> {
     let io = |source| SandboxError::Ready {
-        id: s.id.clone(),
+        id: id.to_string(),
         source,
     };
-    let deadline = Instant::now() + s.boot_timeout;
+    let deadline = Instant::now() + timeout;
     loop {
         // Wake up now and then to notice the VM ending before the agent.
         let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
@@ -166,15 +236,15 @@ fn wait_ready(
         }
         if vm.is_finished() {
             return Err(SandboxError::GuestEnded {
-                id: s.id.clone(),
+                id: id.to_string(),
                 how: "see the console".into(),
                 console: console_tail(dir, 20),
             });
         }
         if Instant::now() > deadline {
             return Err(SandboxError::AgentTimeout {
-                id: s.id.clone(),
-                secs: s.boot_timeout.as_secs(),
+                id: id.to_string(),
+                secs: timeout.as_secs(),
                 console: console_tail(dir, 20),
             });
         }
@@ -188,7 +258,7 @@ fn wait_ready(
     BufReader::new(std::io::Read::take(stream, 256))
         .read_line(&mut line)
         .map_err(io)?;
-    tracing::debug!(sandbox = %s.id, line = line.trim(), "agent ready call");
+    tracing::debug!(sandbox = %id, line = line.trim(), "agent ready call");
     Ok(())
 }
 

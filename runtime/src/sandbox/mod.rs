@@ -24,7 +24,7 @@ use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc;
 use husk_vmm::VmHandle;
 
-pub use boot::{BootTimings, SandboxSettings};
+pub use boot::{guest_vm_config, start_and_wait_ready, BootTimings, SandboxSettings};
 pub use container::NewContainer;
 pub use dir::SandboxDir;
 
@@ -73,6 +73,8 @@ pub enum SandboxError {
     },
     #[error("{what}: the agent said: {message}")]
     Rpc { what: String, message: String },
+    #[error("template: {0}")]
+    Template(String),
 }
 
 impl SandboxError {

@@ -266,3 +266,38 @@ fn device_reset_tears_down_every_connection() {
     assert_eq!(h.conns(), 0);
     assert_eq!(read_avail(&mut host, &mut Vec::new()), None);
 }
+
+#[test]
+fn after_a_restore_the_guest_gets_a_transport_reset_before_any_packet() {
+    use crate::virtio::VirtioDevice;
+    let mut h = Harness::new();
+    let evq = 2;
+    let head = h.drv.add_writable(evq, &[4]).unwrap();
+    h.drv.kick(evq);
+    h.pump();
+    h.dev.lock().unwrap().restored();
+    let used = h.drv.take_used(evq);
+    assert_eq!(used, [(head, 4)], "the event buffer carries one event");
+    assert_eq!(
+        h.drv.read_buf(evq, head, 4),
+        0u32.to_le_bytes(),
+        "TRANSPORT_RESET"
+    );
+
+    // A host client connecting now waits: no REQUEST reaches the guest
+    // until it has taken the reset (given its event buffer back).
+    let mut s = std::os::unix::net::UnixStream::connect(&h.path).unwrap();
+    s.write_all(b"CONNECT 77\n").unwrap();
+    assert!(
+        h.recv().is_empty(),
+        "held back until the guest took the reset"
+    );
+    h.drv.add_writable(evq, &[4]).unwrap();
+    h.drv.kick(evq);
+    let pkts = h.recv();
+    assert!(
+        pkts.iter()
+            .any(|(hdr, _)| hdr.op == OP_REQUEST && hdr.dst_port == 77),
+        "{pkts:?}"
+    );
+}

@@ -1,0 +1,125 @@
+//! A VM started from a template: guest RAM mapped privately from its memory
+//! file, the same devices in the same places with fresh host backends (the
+//! caller's vsock socket, virtio-fs share and pmem image), and every vCPU,
+//! the interrupt controllers, the PIT, kvmclock, the transports and the
+//! serial console put back as the snapshot left them.
+//!
+//! Everything that must match is checked before anything runs, each with
+//! an error naming what differs; the vsock device then tells the guest its
+//! old connections are gone (transport reset).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use vm_memory::GuestAddress;
+
+use super::parts::Machine;
+use super::{Vm, VmConfig, VmError};
+use crate::snapshot::format::Template;
+use crate::snapshot::memory;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
+    let template = Template::open(dir)?;
+    check_config(&template, config)?;
+    let h = &template.header;
+    memory::verify(&template.memory_path(), h.mem_bytes, h.memory_checksum)
+        .map_err(crate::snapshot::TemplateError::from)?;
+    let ranges: Vec<(GuestAddress, u64)> = h
+        .ram_ranges
+        .iter()
+        .map(|&(a, l)| (GuestAddress(a), l))
+        .collect();
+    if ranges != crate::memory::ram_ranges(h.mem_bytes) {
+        return Err(VmError::Restore(format!(
+            "the template's RAM ranges {:?} are not a guest of {} bytes",
+            h.ram_ranges, h.mem_bytes
+        )));
+    }
+    let mem = memory::map_private(&template.memory_path(), &ranges)
+        .map_err(crate::snapshot::TemplateError::from)?;
+    let mut machine = Machine::new(config, mem, &h.cmdline)?;
+    template.require(
+        "host CPUID",
+        &h.host_cpuid_sha256,
+        &machine.cpuid_digest(h.vcpus),
+    )?;
+    let bases: Vec<u64> = h.devices.pmem.iter().map(|(_, b)| *b).collect();
+    if bases != machine.devices.pmem_bases {
+        return Err(VmError::Restore(format!(
+            "pmem images land at {:x?} here, the template had them at {bases:x?}",
+            machine.devices.pmem_bases
+        )));
+    }
+    let state = &template.state;
+    let wired = machine.wire(config, Some(&state.serial))?;
+    let mut vcpus = Vec::with_capacity(state.vcpus.len());
+    for (id, saved) in state.vcpus.iter().enumerate() {
+        let id = id as u8;
+        let vcpu = machine.vcpu(&wired, config, id)?;
+        saved
+            .restore(&vcpu.fd, &machine.cpuid(id, h.vcpus))
+            .map_err(|e| VmError::Restore(format!("vCPU {id}: {e}")))?;
+        vcpus.push(vcpu);
+    }
+    state
+        .vm
+        .restore(&machine.fd)
+        .map_err(|e| VmError::Restore(e.to_string()))?;
+    let transports = machine.devices.transports();
+    if transports.len() != state.transports.len() {
+        return Err(VmError::Restore(format!(
+            "the template has {} virtio devices, this VM {}",
+            state.transports.len(),
+            transports.len()
+        )));
+    }
+    for (i, (t, s)) in transports.iter().zip(&state.transports).enumerate() {
+        lock(t)
+            .restore(s)
+            .map_err(|e| VmError::Restore(format!("virtio device {i}: {e}")))?;
+    }
+    tracing::info!(template = %dir.display(), "VM restored from a template");
+    machine.into_vm(wired, vcpus, template.header.clone())
+}
+
+/// The caller's VM must be the template's: memory, vCPUs, the same
+/// devices, the same pmem images and (when named) the same kernel.
+fn check_config(t: &Template, config: &VmConfig) -> Result<(), VmError> {
+    let h = &t.header;
+    let mib = |b: u64| format!("{} MiB", b >> 20);
+    t.require("memory size", &mib(h.mem_bytes), &mib(config.mem_bytes))?;
+    t.require("vCPU count", &h.vcpus.to_string(), &config.cpus.to_string())?;
+    let cid = |c: Option<u64>| c.map_or("none".to_string(), |c| format!("CID {c}"));
+    t.require(
+        "vsock device",
+        &cid(h.devices.vsock_cid),
+        &cid(config.vsock.as_ref().map(|v| v.cid)),
+    )?;
+    let tags: Vec<&str> = config.fs.iter().map(|f| f.tag.as_str()).collect();
+    t.require(
+        "virtio-fs tags",
+        &h.devices.fs_tags.join(","),
+        &tags.join(","),
+    )?;
+    if config.fs.iter().any(|f| f.dax_window.is_some()) {
+        return Err(VmError::Restore(
+            "templates do not carry virtio-fs DAX windows".into(),
+        ));
+    }
+    t.require(
+        "pmem image count",
+        &h.devices.pmem.len().to_string(),
+        &config.pmem.len().to_string(),
+    )?;
+    for (spec, (made_with, _)) in config.pmem.iter().zip(&h.devices.pmem) {
+        t.require_file("pmem image", made_with, &spec.path)?;
+    }
+    if !config.kernel.as_os_str().is_empty() {
+        t.require_file("kernel", &h.kernel, &config.kernel)?;
+    }
+    Ok(())
+}
