@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `husk bench start` against a private containerd: sets everything up (as
 # `make run` does), starts containerd with husk's shim on its PATH and a
-# husk config for the built assets, imports the busybox image, runs the
-# bench (arguments are passed on, e.g. --runs 10) and stops containerd.
+# husk config for the built assets (templates on, cached with the other
+# assets), imports the busybox image, runs the bench (arguments are passed
+# on, e.g. --runs 10 --vms 10) and stops containerd.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/ci/setup.sh"
@@ -19,9 +20,11 @@ initrd = "$HUSK_AGENT_INITRD"
 
 [runtime]
 state_dir = "$work/state"
+template = "auto"
+template_dir = "${HUSK_CACHE:-$HOME/.cache/husk}/templates"
 TOML
 cleanup() { "$root/ci/containerd-env.sh" stop "$work/containerd" >&2 || true; rm -rf --one-file-system "$work"; }
 trap cleanup EXIT
 eval "$(HUSK_SHIM_DIR=$work/bin HUSK_CONFIG=$work/husk.toml "$root/ci/containerd-env.sh" start "$work/containerd")"
 ctr --address "$CONTAINERD_ADDRESS" images import "$HUSK_BUSYBOX_OCI" >&2
-"$root/target/release/husk" bench start --address "$CONTAINERD_ADDRESS" "$@"
+"$root/target/release/husk" bench start --address "$CONTAINERD_ADDRESS" --config "$work/husk.toml" "$@"

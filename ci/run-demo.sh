@@ -21,6 +21,9 @@ initrd = "$HUSK_AGENT_INITRD"
 
 [runtime]
 state_dir = "$work/state"
+# The first run makes a template (one cold boot); later runs start from it.
+template = "auto"
+template_dir = "${HUSK_CACHE:-$HOME/.cache/husk}/templates"
 TOML
 "$root/rootfs/busybox-bundle.sh" "$work/bundle" sh -c \
   'echo "hello from a busybox container in a husk VM"; echo "guest kernel: $(uname -r), hostname: $(hostname)"; echo "init: $(cat /proc/1/cmdline | tr "\0" " ")"' >/dev/null

@@ -11,24 +11,18 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::agent::{create_and_start, ctx, read_to_end, remove, spec, wait, RPC_TIMEOUT};
 use common::{guest_assets, kvm_or_skip, vm_config, TestVm};
 use husk_agent_protocol::agent::{self, health_check_response::ServingStatus};
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
-use husk_agent_protocol::ttrpc;
 use husk_runtime::agent_client::{
     connect_agent, connect_vsock, AgentConnectError, AGENT_VSOCK_PORT,
 };
 use husk_vmm::{FsConfig, VsockSpec};
 
-/// Every guest syscall costs ~300 us here; one RPC may take many.
-const RPC_TIMEOUT: Duration = Duration::from_secs(600);
 const GUEST_MEM_MIB: u64 = 256;
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(RPC_TIMEOUT.as_nanos() as i64)
-}
 
 /// The agent's VM, stopped when dropped so a failed assertion leaves no
 /// guest behind.
@@ -117,87 +111,6 @@ const SHARE_MOUNT: &str = "/run/husk/ctr/rootfs";
 
 /// The busybox rootfs ci/guest-assets.sh puts into the agent's initramfs.
 const GUEST_ROOTFS: &str = "/containers/busybox/rootfs";
-
-/// A minimal OCI spec: `args` as root in new pid/mount/ipc/uts namespaces,
-/// with `resources` (a JSON object) as linux.resources.
-fn spec(args: &str, resources: &str) -> Vec<u8> {
-    format!(
-        r#"{{
-  "ociVersion": "1.0.2",
-  "process": {{ "user": {{ "uid": 0, "gid": 0 }}, "args": {args}, "env": ["PATH=/bin"], "cwd": "/" }},
-  "root": {{ "path": "rootfs" }},
-  "hostname": "busybox",
-  "mounts": [
-    {{ "destination": "/proc", "type": "proc", "source": "proc" }},
-    {{ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"] }}
-  ],
-  "linux": {{
-    "resources": {resources},
-    "namespaces": [{{ "type": "pid" }}, {{ "type": "mount" }}, {{ "type": "ipc" }}, {{ "type": "uts" }}]
-  }}
-}}"#
-    )
-    .into_bytes()
-}
-
-/// Reads one stream of the container's init until EOF.
-fn read_to_end(client: &AgentServiceClient, id: &str, stderr: bool) -> String {
-    let req = agent::ReadStreamRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    let mut out = Vec::new();
-    loop {
-        let r = if stderr {
-            client.read_stderr(ctx(), &req)
-        } else {
-            client.read_stdout(ctx(), &req)
-        };
-        let data = r.unwrap().data;
-        if data.is_empty() {
-            return String::from_utf8(out).unwrap();
-        }
-        out.extend(data);
-    }
-}
-
-/// Creates and starts container `id` on `rootfs`.
-fn create_and_start(
-    client: &AgentServiceClient,
-    id: &str,
-    oci_spec: Vec<u8>,
-    rootfs: agent::Rootfs,
-) {
-    let create = agent::CreateContainerRequest {
-        container_id: id.into(),
-        oci_spec,
-        rootfs: Some(rootfs).into(),
-        ..Default::default()
-    };
-    let pid = client.create_container(ctx(), &create).unwrap().pid;
-    assert!(pid > 1, "init pid {pid}");
-    let start = agent::StartContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    client.start_container(ctx(), &start).unwrap();
-}
-
-fn wait(client: &AgentServiceClient, id: &str) -> i32 {
-    let wait = agent::WaitProcessRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    client.wait_process(ctx(), &wait).unwrap().exit_status
-}
-
-fn remove(client: &AgentServiceClient, id: &str) {
-    let remove = agent::RemoveContainerRequest {
-        container_id: id.into(),
-        ..Default::default()
-    };
-    client.remove_container(ctx(), &remove).unwrap();
-}
 
 /// CreateSandbox, then `sh -c 'echo hi; echo err >&2; exit 3'` in a container
 /// limited to 64 MiB. (With the guest kernel on FXSAVE only, this busybox

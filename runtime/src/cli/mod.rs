@@ -6,6 +6,7 @@ mod check;
 mod fs_share;
 mod install;
 mod run;
+mod sandbox_vm;
 mod template;
 mod terminal;
 mod vm;
@@ -37,6 +38,9 @@ enum Command {
     /// Make VM templates (snapshots of a booted agent VM).
     #[command(subcommand)]
     Template(template::TemplateCommand),
+    /// A sandbox's VM alone, as the runtime starts it (for benchmarks).
+    #[command(hide = true)]
+    SandboxVm(sandbox_vm::SandboxVmArgs),
     /// Boot a kernel in a VM and stream its console.
     Vm(vm::VmArgs),
     /// Measure husk.
@@ -61,6 +65,7 @@ pub fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(args),
         Command::Install(args) => install::run(args),
         Command::Template(cmd) => template::run(cmd),
+        Command::SandboxVm(args) => sandbox_vm::run(args),
         Command::Vm(args) => vm::run(args, started),
         Command::Bench(cmd) => bench::run(cmd),
     }

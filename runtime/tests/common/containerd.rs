@@ -244,16 +244,29 @@ impl Drop for Containerd {
 }
 
 /// A husk config for the test's sandboxes: the test kernel and agent image,
-/// state under the test's directory.
+/// state under the test's directory, sandboxes of the default size started
+/// from a template kept in the asset cache (made once, by the first test
+/// that needs it, for these very assets).
 pub fn husk_config(state_dir: &Path) -> String {
     let a = guest_assets();
     format!(
-        "[guest]\nkernel = \"{}\"\nimage = \"{}\"\ninitrd = \"{}\"\nmax_vcpus = 2\nmax_memory = \"1G\"\n\n[runtime]\nstate_dir = \"{}\"\n",
+        "[guest]\nkernel = \"{}\"\nimage = \"{}\"\ninitrd = \"{}\"\nmax_vcpus = 2\nmax_memory = \"1G\"\n\n[runtime]\nstate_dir = \"{}\"\ntemplate = \"auto\"\ntemplate_dir = \"{}\"\n",
         a.kernel.display(),
         a.agent_image.display(),
         a.agent_initrd.display(),
-        state_dir.display()
+        state_dir.display(),
+        template_cache().display()
     )
+}
+
+/// `${HUSK_CACHE:-~/.cache/husk}/templates`.
+pub fn template_cache() -> PathBuf {
+    std::env::var_os("HUSK_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/husk")
+        })
+        .join("templates")
 }
 
 pub fn stdout(o: &Output) -> String {

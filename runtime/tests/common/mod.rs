@@ -2,6 +2,7 @@
 //! Shared helpers for real-guest tests: the guest assets, VMs run by the
 //! embedded VMM, and (`containerd`) a private containerd driving husk.
 
+pub mod agent;
 pub mod containerd;
 
 use std::collections::HashMap;

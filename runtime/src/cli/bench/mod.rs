@@ -1,6 +1,7 @@
 //! `husk bench`: measurements that report against a baseline from the same run.
 
 mod boot;
+mod clones;
 mod density;
 mod guest_process;
 mod procfs;

@@ -1,11 +1,14 @@
-//! `husk bench start`: what a container start costs through containerd.
+//! `husk bench start`: what starting a sandbox costs, cold and from a
+//! template, and what a container start costs through containerd.
 //!
+//! With the husk config the runtime uses (`--config`): cold boot to
+//! agent-ready against restore to agent-ready, and N idle VMs of each kind
+//! with their PSS per VM split into guest memory and husk's own (`clones`).
 //! Against a running containerd (`--address`, with husk's shim on its PATH
 //! and the image imported; `ci/bench-start.sh` sets one up): `ctr run --rm
-//! IMAGE ID /bin/true` timed with husk and with runc, alternating, in the
-//! same run (p50/p90 and the ratio); then one idle husk pod (`sleep`) and
-//! the PSS of its husk process from smaps, split into guest memory (the
-//! guest-RAM mapping) and husk's own (shim + VMM + devices).
+//! IMAGE ID /bin/true` with husk and with runc, alternating, in the same
+//! run (p50/p90 and the ratio), after one untimed husk run; then one idle
+//! husk pod (`sleep`) and its husk process's PSS, split the same way.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -14,7 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::procfs::{mappings_of_size, process_memory, thread_count};
+use super::clones;
+use super::procfs::{mappings_of_size, process_memory, thread_count, MemFigures};
 
 #[derive(Args)]
 pub struct StartBenchArgs {
@@ -26,16 +30,23 @@ pub struct StartBenchArgs {
     /// Runs per runtime.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// The husk pod's guest memory, as the husk config gives it (to find
-    /// the guest-RAM mapping).
-    #[arg(long, default_value = "256M", value_parser = husk_runtime::size::parse_mem_size)]
-    guest_mem: u64,
+    /// The husk config containerd's shims use.
+    #[arg(long)]
+    config: PathBuf,
+    /// Idle VMs of each kind (cold, from the template) for the memory figures.
+    #[arg(long, default_value_t = 10)]
+    vms: usize,
 }
 
 const HUSK: &str = "io.containerd.husk.v2";
 const RUNC: &str = "io.containerd.runc.v2";
 
 pub fn run(args: StartBenchArgs) -> anyhow::Result<ExitCode> {
+    let config = husk_runtime::config::HuskConfig::load(Some(&args.config), None)?;
+    println!("husk bench start, on {}", super::host_description());
+    vm_figures(&args, &config)?;
+    eprintln!("bench start: one untimed husk run (the template is warm now)");
+    time_true(&args, HUSK, "bench-warm")?;
     let mut husk = Vec::new();
     let mut runc = Vec::new();
     for i in 0..args.runs {
@@ -58,8 +69,78 @@ pub fn run(args: StartBenchArgs) -> anyhow::Result<ExitCode> {
         hp50 / rp50,
         hp90 / rp90
     );
-    idle_pod_memory(&args)?;
+    idle_pod_memory(&args, config.guest.memory)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Cold boot vs restore to agent-ready, then N idle VMs of each kind.
+fn vm_figures(
+    args: &StartBenchArgs,
+    config: &husk_runtime::config::HuskConfig,
+) -> anyhow::Result<()> {
+    eprintln!("bench start: the template (made now if missing: one cold boot)");
+    let template = clones::template_of(config)?;
+    let state = std::env::temp_dir().join(format!("husk-bench-vms-{}", std::process::id()));
+    let timeout = Duration::from_secs(config.runtime.boot_timeout_secs);
+    let mut cold_vms = Vec::new();
+    let mut cold_secs = Vec::new();
+    for i in 0..args.vms {
+        eprintln!("bench start: cold-booting VM {}/{}", i + 1, args.vms);
+        let (vm, took) = clones::cold(&args.config, &state, &format!("cold{i}"), timeout)?;
+        cold_secs.push(took.as_secs_f64());
+        cold_vms.push(vm);
+    }
+    let mut clone_vms = Vec::new();
+    let mut restore_secs = Vec::new();
+    for i in 0..args.vms {
+        let (vm, took) = clones::restored(&args.config, &state, &format!("clone{i}"), &template)?;
+        restore_secs.push(took.as_secs_f64());
+        clone_vms.push(vm);
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let g = config.guest.memory;
+    let (cold_total, cold_guest) = clones::memory(&cold_vms, g)?;
+    let (clone_total, clone_guest) = clones::memory(&clone_vms, g)?;
+    drop(cold_vms);
+    drop(clone_vms);
+    let _ = std::fs::remove_dir_all(&state);
+    let (c50, r50) = (percentile(&cold_secs, 50), percentile(&restore_secs, 50));
+    println!(
+        "sandbox VM start to agent-ready ({} each, 1 vCPU, {} MiB)",
+        args.vms,
+        g >> 20
+    );
+    println!(
+        "  cold boot     p50 {c50:>9.3} s   p90 {:>9.3} s",
+        percentile(&cold_secs, 90)
+    );
+    println!(
+        "  from template p50 {r50:>9.3} s   p90 {:>9.3} s",
+        percentile(&restore_secs, 90)
+    );
+    println!("  restore / cold (p50): 1/{:.0}", c50 / r50.max(1e-9));
+    let n = args.vms as u64;
+    let row = |name: &str, total: MemFigures, guest: MemFigures| {
+        let own = total.pss_kib.saturating_sub(guest.pss_kib);
+        println!(
+            "  {name:<14} {:>9} {:>9} {:>9}",
+            total.pss_kib / n,
+            guest.pss_kib / n,
+            own / n
+        );
+    };
+    println!(
+        "idle VMs, {} of each running at once, PSS per VM in KiB",
+        args.vms
+    );
+    println!("  {:<14} {:>9} {:>9} {:>9}", "", "total", "guest", "husk");
+    row("cold-booted", cold_total, cold_guest);
+    row("from template", clone_total, clone_guest);
+    println!(
+        "  from template / cold-booted (PSS): {:.2}",
+        clone_total.pss_kib as f64 / cold_total.pss_kib.max(1) as f64
+    );
+    Ok(())
 }
 
 fn ctr(args: &StartBenchArgs) -> Command {
@@ -102,7 +183,7 @@ fn percentile(v: &[f64], p: usize) -> f64 {
 }
 
 /// One idle pod: its husk process's PSS, guest memory and husk's own.
-fn idle_pod_memory(args: &StartBenchArgs) -> anyhow::Result<()> {
+fn idle_pod_memory(args: &StartBenchArgs, guest_mem: u64) -> anyhow::Result<()> {
     let id = "bench-idle";
     let out = ctr(args)
         .args([
@@ -125,7 +206,7 @@ fn idle_pod_memory(args: &StartBenchArgs) -> anyhow::Result<()> {
     }
     // Let the guest settle after its boot before reading memory.
     std::thread::sleep(Duration::from_secs(10));
-    let result = measure_pod(args, id);
+    let result = measure_pod(guest_mem, id);
     let _ = ctr(args)
         .args(["task", "kill", "-s", "SIGKILL", id])
         .status();
@@ -144,14 +225,14 @@ fn idle_pod_memory(args: &StartBenchArgs) -> anyhow::Result<()> {
     result
 }
 
-fn measure_pod(args: &StartBenchArgs, id: &str) -> anyhow::Result<()> {
+fn measure_pod(guest_mem: u64, id: &str) -> anyhow::Result<()> {
     let pid = shim_pid(id).context("finding the idle pod's husk process")?;
     let total = process_memory(pid)?;
-    let guest = mappings_of_size(pid, args.guest_mem >> 10)?;
+    let guest = mappings_of_size(pid, guest_mem >> 10)?;
     let own = total.pss_kib.saturating_sub(guest.pss_kib);
     println!(
-        "  idle pod (1 vCPU, {} MiB guest), husk process {pid}:",
-        args.guest_mem >> 20
+        "idle pod through containerd (1 vCPU, {} MiB guest), husk process {pid}:",
+        guest_mem >> 20
     );
     println!("    PSS total           {:>8} KiB", total.pss_kib);
     println!("    guest memory (PSS)  {:>8} KiB", guest.pss_kib);
