@@ -4,14 +4,16 @@
 //!
 //! A template VM is a sandbox VM (same kernel, image, command line and
 //! devices: vsock, the shared-directory virtio-fs, the pmem image) stopped
-//! right after its agent said it was ready, before anything is mounted from
-//! the share. With `template = "auto"` the runtime makes one on first use
-//! for the config's default size, under `template_dir/<key>`, the key a hash
-//! of the kernel and image (path, size, mtime), memory, vCPUs, command line
-//! and husk's version; a file lock makes concurrent first pods build it
-//! once. A pod of another size cold-boots, and says so. Every clone keeps
-//! the template's vsock CID (3): each VM has its own vsock device and host
-//! socket, so CIDs never meet.
+//! right after its agent said it was ready and answered Check on a
+//! connection that stays open in the template (each clone's first agent
+//! client takes it over), before anything is mounted from the share. With
+//! `template = "auto"` the runtime makes one on first use for the config's
+//! default size, under `template_dir/<key>`, the key a hash of the kernel
+//! and image (path, size, mtime), memory, vCPUs, command line, husk's
+//! version and the template format's; a file lock makes concurrent first
+//! pods build it once. A pod of another size cold-boots, and says so.
+//! Every clone keeps the template's vsock CID (3): each VM has its own
+//! vsock device and host socket, so CIDs never meet.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -20,9 +22,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use husk_agent_protocol::agent;
+use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+
+use crate::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 use crate::config::{GuestBoot, HuskConfig, TemplateMode};
 use crate::sandbox::size::VmSize;
-use crate::sandbox::start_and_wait_ready;
+use crate::sandbox::{ctx, start_and_wait_ready, RPC_TIMEOUT};
 use crate::sandbox::{SandboxDir, SandboxError};
 
 /// Which template a sandbox of `size` starts from, making the config's
@@ -81,7 +87,7 @@ pub fn ensure(
             tracing::info!(template = %dir.display(), "making the template (one cold boot)");
             let tmp = base.join(format!("{key}.tmp-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
-            let made = create(config, size, &tmp, timeout);
+            let made = create(config, size, &tmp, timeout, AgentConnection::Kept);
             match made {
                 Ok(()) => std::fs::rename(&tmp, &dir).map_err(io("renaming", &tmp)),
                 Err(e) => {
@@ -93,6 +99,17 @@ pub fn ensure(
     Ok(dir)
 }
 
+/// Whether a template keeps an open connection to its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentConnection {
+    /// Each clone's first agent client takes it over, ready at once; a new
+    /// connection costs the guest seconds on software KVM (its ttrpc server
+    /// starts threads for each).
+    Kept,
+    /// None: clones get a vsock transport reset and connect afresh.
+    Dropped,
+}
+
 /// Boots the sandbox VM of `config` at `size`, waits for its agent, and
 /// snapshots it into `out` (created).
 pub fn create(
@@ -100,6 +117,7 @@ pub fn create(
     size: VmSize,
     out: &Path,
     timeout: Duration,
+    link: AgentConnection,
 ) -> Result<(), SandboxError> {
     config.check_guest_files()?;
     std::fs::create_dir_all(out)
@@ -110,6 +128,12 @@ pub fn create(
     work.create()?;
     let result = (|| {
         let vm = start_and_wait_ready("template", config, size, &work, timeout)?;
+        // Held open through the snapshot: each clone's first agent client
+        // takes this connection over (see husk_devices::vsock::VsockSnapshot).
+        let _agent = match link {
+            AgentConnection::Kept => Some(checked_agent(&work)?),
+            AgentConnection::Dropped => None,
+        };
         vm.snapshot(out).map_err(|e| {
             SandboxError::Template(format!("snapshotting into {}: {e}", out.display()))
         })?;
@@ -120,6 +144,21 @@ pub fn create(
     }
     let _ = std::fs::remove_dir(out.join("sandboxes"));
     result
+}
+
+/// A connection to the template VM's agent, which has answered Check.
+fn checked_agent(work: &SandboxDir) -> Result<AgentServiceClient, SandboxError> {
+    let agent =
+        connect_agent(&work.vsock_socket(), AGENT_VSOCK_PORT, RPC_TIMEOUT).map_err(|source| {
+            SandboxError::Agent {
+                id: "template".into(),
+                source,
+            }
+        })?;
+    agent
+        .check(ctx(RPC_TIMEOUT), &agent::CheckRequest::new())
+        .map_err(|e| SandboxError::rpc("the template's agent: Check", e))?;
+    Ok(agent)
 }
 
 /// What a template depends on, hashed: kernel and image (path, size,
@@ -150,6 +189,7 @@ fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
         g.compat,
         env!("CARGO_PKG_VERSION")
     ));
+    h.update(husk_vmm::snapshot::format::FORMAT_VERSION.to_le_bytes());
     Ok(h.finalize()
         .iter()
         .take(8)

@@ -1,8 +1,11 @@
 //! Templates: one cold boot of the agent VM, snapshotted; then clones, each
 //! a `husk vm --from-template` process of its own with its own vsock
 //! socket and share, each agent answering, running a busybox container,
-//! and made its own (wall clock from the host, entropy reseeded). A
-//! 2-vCPU template restores the same way; templates that do not fit (other
+//! and made its own (wall clock from the host, entropy reseeded); each
+//! clone's first client takes over the connection the template kept. A
+//! 2-vCPU template without that connection restores the same way (its
+//! clones get a vsock transport reset and the agent's listener survives
+//! it); templates that do not fit (other
 //! kernel, image or husk version, truncated or corrupted files, not a
 //! template at all) are refused before anything runs.
 
@@ -24,25 +27,44 @@ fn husk() -> Command {
     Command::new(env!("CARGO_BIN_EXE_husk"))
 }
 
-/// `husk template create` from the agent image, into `out`.
-fn make_template(out: &Path, cpus: u8) {
+/// `husk template create` from the agent image, into `out`; with
+/// `keep_agent_connection` the template holds an open agent connection for
+/// each clone's first client, otherwise clones get a vsock transport reset.
+fn make_template(out: &Path, cpus: u8, keep_agent_connection: bool) {
     let a = guest_assets();
-    let status = husk()
-        .args([
-            "template",
-            "create",
-            "--cpus",
-            &cpus.to_string(),
-            "--kernel",
-        ])
+    let mut cmd = husk();
+    cmd.args(["template", "create", "--cpus", &cpus.to_string()])
+        .arg("--kernel")
         .arg(&a.kernel)
         .arg("--pmem")
         .arg(&a.agent_image)
         .arg("--out")
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(status.success(), "husk template create failed");
+        .arg(out);
+    if !keep_agent_connection {
+        cmd.arg("--no-agent-connection");
+    }
+    assert!(
+        cmd.status().unwrap().success(),
+        "husk template create failed"
+    );
+}
+
+/// How many guest vsock connections the template at `dir` holds.
+fn saved_vsock_connections(dir: &Path) -> usize {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let found: Vec<usize> = state["transports"]
+        .as_array()
+        .expect("state.json has transports")
+        .iter()
+        .filter_map(|t| t["device_state"]["Vsock"]["connections"].as_array())
+        .map(Vec::len)
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "more than one vsock device state: {found:?}"
+    );
+    found.first().copied().unwrap_or(0)
 }
 
 /// A VM restored from `template` in its own process, with a busybox
@@ -214,7 +236,8 @@ fn clones_of_a_template_are_each_their_own() {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
     let template = base.join("t1");
-    make_template(&template, 1);
+    make_template(&template, 1, true);
+    assert_eq!(saved_vsock_connections(&template), 1);
 
     let mut clones: Vec<Clone> = (0..3)
         .map(|i| Clone::start(&template, base.join(format!("clone{i}"))))
@@ -231,6 +254,11 @@ fn clones_of_a_template_are_each_their_own() {
     for (i, seen) in runs.iter().enumerate() {
         seen.assert_clock(&format!("clone {i}"));
     }
+    // Each first client took over the template's connection; a new one
+    // is a real handshake with the guest's listener.
+    let again = clones[0].agent();
+    again.check(ctx(), &agent::CheckRequest::new()).unwrap();
+    drop(again);
     for i in 0..3 {
         for j in i + 1..3 {
             assert_ne!(
@@ -243,7 +271,8 @@ fn clones_of_a_template_are_each_their_own() {
     refusals(&template, &base);
 
     let two = base.join("t2");
-    make_template(&two, 2);
+    make_template(&two, 2, false);
+    assert_eq!(saved_vsock_connections(&two), 0);
     let mut clone = Clone::start(&two, base.join("clone-2cpu"));
     let client = clone.agent();
     become_and_run(&client, "pod2").assert_clock("the 2-vCPU clone");

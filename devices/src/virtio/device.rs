@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::snapshot::QueueSnapshot;
+use super::snapshot::{DeviceState, QueueSnapshot, SnapshotError};
 use super::{GuestMemory, InterruptCause, VirtioInterrupt};
 
 /// Everything a device needs to start serving the driver.
@@ -135,9 +135,16 @@ pub trait VirtioDevice: Send {
     }
     /// The live queues of an active device, for a snapshot.
     fn active_queue_states(&self) -> Option<Vec<QueueSnapshot>>;
-    /// Called once after the device was activated from a snapshot, before
-    /// the guest runs again (vsock tells the guest its connections are gone).
-    fn restored(&mut self) {}
+    /// What the device keeps across a snapshot beyond its queues.
+    fn device_state(&self) -> Option<DeviceState> {
+        None
+    }
+    /// Called once after the device was activated from a snapshot, with the
+    /// state `device_state` gave, before the guest runs again (vsock takes
+    /// over the guest's quiet connections, or tells it they are gone).
+    fn restored(&mut self, _state: Option<&DeviceState>) -> Result<(), SnapshotError> {
+        Ok(())
+    }
 }
 
 /// Copies config-space bytes from `offset` into `data`; bytes past the end

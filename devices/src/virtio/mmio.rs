@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::snapshot::{QueueSnapshot, SnapshotError, TransportSnapshot};
+use super::snapshot::{DeviceState, QueueSnapshot, SnapshotError, TransportSnapshot};
 use super::status::*;
 use super::{
     ActivateContext, GuestMemory, InterruptCause, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
@@ -108,6 +108,9 @@ impl MmioTransport {
 
     /// The transport's registers and the device's live queues.
     pub fn snapshot(&self) -> TransportSnapshot {
+        // One guard: temporaries in the literal below would all live to
+        // its end, and a second lock() of the device would deadlock.
+        let device = lock(&self.device);
         TransportSnapshot {
             device_type: self.device_type,
             acked_features: self.acked_features,
@@ -119,7 +122,8 @@ impl MmioTransport {
             config_generation: self.config_generation,
             interrupt_status: self.interrupt.status(),
             queues: self.queues.iter().map(QueueSnapshot::of).collect(),
-            active_queues: lock(&self.device).active_queue_states(),
+            active_queues: device.active_queue_states(),
+            device_state: device.device_state(),
         }
     }
 
@@ -153,14 +157,18 @@ impl MmioTransport {
         self.status = s.status;
         self.config_generation = s.config_generation;
         if let Some(active) = &s.active_queues {
-            self.activate_restored(active)?;
+            self.activate_restored(active, s.device_state.as_ref())?;
         }
         self.interrupt
             .restore_status(s.interrupt_status)
             .map_err(|e| SnapshotError::Activate(format!("raising the interrupt: {e}")))
     }
 
-    fn activate_restored(&mut self, active: &[QueueSnapshot]) -> Result<(), SnapshotError> {
+    fn activate_restored(
+        &mut self,
+        active: &[QueueSnapshot],
+        state: Option<&DeviceState>,
+    ) -> Result<(), SnapshotError> {
         if active.len() != self.queues.len() {
             return Err(SnapshotError::QueueCount {
                 want: self.queues.len(),
@@ -185,8 +193,7 @@ impl MmioTransport {
         let mut dev = lock(&self.device);
         dev.activate(ctx)
             .map_err(|e| SnapshotError::Activate(e.to_string()))?;
-        dev.restored();
-        Ok(())
+        dev.restored(state)
     }
 
     fn read_reg(&self, offset: u64) -> u32 {

@@ -210,3 +210,16 @@ fn devices_without_shared_memory_keep_the_default_contract() {
     let mut d = GuestDriver::new(Arc::new(Mutex::new(dev)), 64);
     assert_eq!(read_shm(&mut d, 0), (u64::MAX, u64::MAX));
 }
+
+#[test]
+fn an_active_transport_snapshots_its_registers() {
+    let (mut d, _dev) = driver();
+    d.init();
+    // Takes the device's lock once: taking it twice in one expression
+    // deadlocked here before.
+    let s = d.transport.snapshot();
+    assert_eq!(s.device_type, 42);
+    assert_ne!(s.status & status::DRIVER_OK, 0);
+    assert_eq!(s.queues.len(), 1);
+    assert!(s.device_state.is_none());
+}

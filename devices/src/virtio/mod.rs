@@ -20,7 +20,7 @@ pub use device::{
 };
 pub use interrupt::{InterruptCause, IrqFdInterrupt, VirtioInterrupt};
 pub use mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
-pub use snapshot::{QueueSnapshot, SnapshotError, TransportSnapshot};
+pub use snapshot::{DeviceState, QueueSnapshot, SnapshotError, TransportSnapshot};
 
 /// Guest memory as every virtio device sees it.
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;

@@ -80,6 +80,14 @@ pub struct TransportSnapshot {
     pub queues: Vec<QueueSnapshot>,
     /// The device's live queues, when it was active.
     pub active_queues: Option<Vec<QueueSnapshot>>,
+    /// What the device itself keeps across a restore, if anything.
+    pub device_state: Option<DeviceState>,
+}
+
+/// Device-specific state a snapshot carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceState {
+    Vsock(crate::vsock::VsockSnapshot),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,4 +100,6 @@ pub enum SnapshotError {
     Queue(String),
     #[error("the snapshot's device does not activate: {0}")]
     Activate(String),
+    #[error("the snapshot's device state is not valid: {0}")]
+    DeviceState(String),
 }

@@ -17,6 +17,7 @@ use std::os::unix::net::UnixStream;
 use vmm_sys_util::epoll::EventSet;
 
 use super::packet::*;
+use super::snapshot::SavedConnection;
 
 /// Bytes of guest data the device buffers per connection (our buf_alloc).
 pub const TX_BUF_SIZE: u32 = 256 * 1024;
@@ -83,6 +84,40 @@ impl Connection {
         c.pending = PEND_RESPONSE;
         c.update_peer_credit(hdr);
         c
+    }
+
+    /// A connection the guest made before a snapshot, taken over by a new
+    /// host client: established, its credit where the snapshot left it,
+    /// and the client told `OK <local-port>` as after a handshake.
+    pub fn adopted(stream: UnixStream, saved: &SavedConnection) -> Self {
+        let mut c = Self::new(stream, saved.local_port, saved.peer_port);
+        c.fwd_cnt = Wrapping(saved.fwd_cnt);
+        c.last_fwd_cnt_sent = Wrapping(saved.last_fwd_cnt_sent);
+        c.rx_cnt = Wrapping(saved.rx_cnt);
+        c.peer_buf_alloc = saved.peer_buf_alloc;
+        c.peer_fwd_cnt = Wrapping(saved.peer_fwd_cnt);
+        c.established_by_guest();
+        c
+    }
+
+    /// This connection's state for a snapshot, if it is quiet: established,
+    /// nothing buffered or owed either way, no shutdown begun.
+    pub fn saved(&self) -> Option<SavedConnection> {
+        let quiet = self.state == State::Established
+            && self.pending == 0
+            && self.tx_buf.is_empty()
+            && self.peer_shut == 0
+            && !self.host_eof
+            && !self.host_hup;
+        quiet.then_some(SavedConnection {
+            local_port: self.local_port,
+            peer_port: self.peer_port,
+            fwd_cnt: self.fwd_cnt.0,
+            last_fwd_cnt_sent: self.last_fwd_cnt_sent.0,
+            rx_cnt: self.rx_cnt.0,
+            peer_buf_alloc: self.peer_buf_alloc,
+            peer_fwd_cnt: self.peer_fwd_cnt.0,
+        })
     }
 
     fn new(stream: UnixStream, local_port: u32, peer_port: u32) -> Self {

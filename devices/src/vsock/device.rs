@@ -14,8 +14,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::muxer::{MuxerError, VsockMuxer};
 use super::{VsockMetrics, VIRTIO_ID_VSOCK};
 use crate::virtio::{
-    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, QueueSnapshot, VirtioDevice,
-    VIRTIO_F_VERSION_1,
+    read_config_bytes, ActivateContext, ActivateError, ActiveQueues, DeviceState, QueueSnapshot,
+    SnapshotError, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 
 pub const RXQ: usize = 0;
@@ -135,11 +135,30 @@ impl VirtioDevice for VsockDevice {
         self.active.as_ref().map(ActiveQueues::snapshots)
     }
 
+    /// The guest's connections when they are all quiet (see `snapshot`);
+    /// otherwise nothing, and a restored guest gets a transport reset.
+    fn device_state(&self) -> Option<DeviceState> {
+        self.active.as_ref()?;
+        let saved = self.muxer.snapshot();
+        if saved.is_none() {
+            tracing::info!("vsock: a connection is busy; restored VMs get a transport reset");
+        }
+        saved.map(DeviceState::Vsock)
+    }
+
     /// A restored guest still holds the connections of the VM it was
-    /// snapshotted from, which this device (a new muxer) never had:
-    /// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET tells it to drop them; listening
-    /// sockets survive.
-    fn restored(&mut self) {
-        self.reset_pending = super::event_handler::send_transport_reset(self);
+    /// snapshotted from. Saved quiet ones are parked for host clients to
+    /// take over; without saved state, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+    /// tells the guest to drop them all (listening sockets survive).
+    fn restored(&mut self, state: Option<&DeviceState>) -> Result<(), SnapshotError> {
+        match state {
+            Some(DeviceState::Vsock(saved)) => {
+                self.muxer.park(saved).map_err(SnapshotError::DeviceState)
+            }
+            None => {
+                self.reset_pending = super::event_handler::send_transport_reset(self);
+                Ok(())
+            }
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! (features, config space, activate/reset), `event_handler` moves packets
 //! between the queues and the backend on event-manager events, `packet` is
 //! the protocol vocabulary over the `virtio-vsock` crate's parser, `csm` is
-//! one connection's state machine with credit flow control, and `muxer`
-//! bridges connections to host Unix sockets.
+//! one connection's state machine with credit flow control, `muxer`
+//! bridges connections to host Unix sockets, and `snapshot` is what the
+//! device keeps across a VM snapshot.
 
 mod csm;
 mod device;
@@ -14,6 +15,7 @@ mod event_handler;
 pub mod harness;
 mod muxer;
 mod packet;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -22,6 +24,7 @@ use std::sync::atomic::AtomicU64;
 pub use device::{VsockConfig, VsockDevice, VsockError};
 pub use event_handler::{PROCESS_ACTIVATE, PROCESS_BACKEND, PROCESS_EVQ, PROCESS_RXQ, PROCESS_TXQ};
 pub use muxer::{MuxerError, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use snapshot::{SavedConnection, VsockSnapshot};
 
 /// Virtio device ID of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;

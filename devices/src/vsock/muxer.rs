@@ -22,7 +22,10 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::csm::Connection;
 use super::packet::*;
+use super::snapshot::SavedConnection;
 use super::VsockMetrics;
+
+mod parked;
 
 /// Longest accepted `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
@@ -76,6 +79,8 @@ pub struct VsockMuxer {
     /// Host clients still sending their CONNECT line: stream, bytes so far, arrival.
     handshakes: HashMap<RawFd, (UnixStream, Vec<u8>, Instant)>,
     conns: HashMap<ConnKey, Connection>,
+    /// Guest connections from before a snapshot, waiting for a host client.
+    parked: HashMap<ConnKey, SavedConnection>,
     /// Current epoll interest of each connection's host stream.
     interest: HashMap<ConnKey, EventSet>,
     rxq: VecDeque<RxItem>,
@@ -104,6 +109,7 @@ impl VsockMuxer {
             fds: HashMap::new(),
             handshakes: HashMap::new(),
             conns: HashMap::new(),
+            parked: HashMap::new(),
             interest: HashMap::new(),
             rxq: VecDeque::new(),
             queued: HashSet::new(),
@@ -142,6 +148,7 @@ impl VsockMuxer {
         fds.into_iter().for_each(|fd| self.drop_handshake(fd));
         self.rxq.clear();
         self.queued.clear();
+        self.parked.clear();
     }
 
     /// Handles whatever host fds are ready, without blocking.
@@ -250,6 +257,9 @@ impl VsockMuxer {
         let Some((stream, _, _)) = self.handshakes.remove(&fd) else {
             return;
         };
+        if let Some(saved) = self.unpark_for(peer) {
+            return self.adopt(fd, stream, &saved);
+        }
         let Some(local) = self.alloc_local_port(peer) else {
             return self.drop_handshake(fd);
         };
@@ -266,7 +276,8 @@ impl VsockMuxer {
         for _ in 0..1024 {
             let port = self.next_local_port;
             self.next_local_port = port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
-            if !self.conns.contains_key(&ConnKey { local: port, peer }) {
+            let key = ConnKey { local: port, peer };
+            if !self.conns.contains_key(&key) && !self.parked.contains_key(&key) {
                 return Some(port);
             }
         }
@@ -288,6 +299,9 @@ impl VsockMuxer {
             local: hdr.dst_port(),
             peer: hdr.src_port(),
         };
+        if self.parked.contains_key(&key) {
+            return self.parked_pkt(key, hdr);
+        }
         match self.conns.get_mut(&key) {
             Some(conn) if hdr.op() != OP_REQUEST => conn.send_pkt(pkt),
             Some(conn) => conn.reset(),
@@ -309,6 +323,9 @@ impl VsockMuxer {
             local: hdr.dst_port(),
             peer: hdr.src_port(),
         };
+        if self.parked.remove(&key).is_some() {
+            return self.push_stray_rst(hdr);
+        }
         match self.conns.get_mut(&key) {
             Some(conn) => {
                 conn.reset();

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use husk_runtime::config::{GuestBoot, HuskConfig};
 use husk_runtime::sandbox::size::VmSize;
 use husk_runtime::size::parse_mem_size;
+use husk_runtime::template::AgentConnection;
 use husk_vmm::CompatMode;
 
 #[derive(Subcommand)]
@@ -38,6 +39,11 @@ pub struct CreateArgs {
     /// The template directory to create (must not exist, or be empty).
     #[arg(long)]
     out: PathBuf,
+    /// Do not keep a connection to the agent in the template: clones then
+    /// get a vsock transport reset and their first client connects afresh
+    /// (seconds on software KVM).
+    #[arg(long)]
+    no_agent_connection: bool,
     /// Give up when the agent is not ready after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -78,6 +84,11 @@ pub fn run(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
         size,
         &args.out,
         Duration::from_secs(args.timeout_secs),
+        if args.no_agent_connection {
+            AgentConnection::Dropped
+        } else {
+            AgentConnection::Kept
+        },
     )?;
     eprintln!(
         "husk: template written to {} after {:.1} s",

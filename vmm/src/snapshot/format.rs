@@ -7,7 +7,8 @@
 //!                command line, the devices, and the digests of the two
 //!                files below
 //! state.json     vCPU and VM state (KVM's structs as bytes), the virtio
-//!                transports and their queues, the serial console
+//!                transports and their queues, device state (vsock: the
+//!                guest's quiet connections), the serial console
 //! memory.bin     guest RAM (sparse; see `memory`)
 //! ```
 //!
@@ -26,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::kvm_state::{VcpuState, VmState};
 
 /// Bumped whenever anything below changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const HUSK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub const HEADER_FILE: &str = "template.json";

@@ -5,8 +5,10 @@
 //! serial console put back as the snapshot left them.
 //!
 //! Everything that must match is checked before anything runs, each with
-//! an error naming what differs; the vsock device then tells the guest its
-//! old connections are gone (transport reset).
+//! an error naming what differs. The vsock device then parks the guest's
+//! connections the snapshot saved, for host clients to take over, or, when
+//! it saved none, tells the guest its old connections are gone (transport
+//! reset).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -23,11 +25,14 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
+    let mut phases = Phases::start();
     let template = Template::open(dir)?;
     check_config(&template, config)?;
+    phases.mark("open and check");
     let h = &template.header;
     memory::verify(&template.memory_path(), h.mem_bytes, h.memory_checksum)
         .map_err(crate::snapshot::TemplateError::from)?;
+    phases.mark("verify memory");
     let ranges: Vec<(GuestAddress, u64)> = h
         .ram_ranges
         .iter()
@@ -42,6 +47,7 @@ pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
     let mem = memory::map_private(&template.memory_path(), &ranges)
         .map_err(crate::snapshot::TemplateError::from)?;
     let mut machine = Machine::new(config, mem, &h.cmdline)?;
+    phases.mark("VM, memory and devices");
     template.require(
         "host CPUID",
         &h.host_cpuid_sha256,
@@ -69,6 +75,7 @@ pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
         .vm
         .restore(&machine.fd)
         .map_err(|e| VmError::Restore(e.to_string()))?;
+    phases.mark("vCPU and VM state");
     let transports = machine.devices.transports();
     if transports.len() != state.transports.len() {
         return Err(VmError::Restore(format!(
@@ -82,8 +89,43 @@ pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
             .restore(s)
             .map_err(|e| VmError::Restore(format!("virtio device {i}: {e}")))?;
     }
-    tracing::info!(template = %dir.display(), "VM restored from a template");
+    phases.mark("devices' state");
+    tracing::info!(template = %dir.display(), phases = %phases, "VM restored from a template");
     machine.into_vm(wired, vcpus, template.header.clone())
+}
+
+/// How long each step of a restore took, for the log (and for deciding
+/// whether a pool of pre-made VMs would pay).
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.done
+            .push((what, now.duration_since(self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .done
+            .iter()
+            .map(|(w, ms)| format!("{w} {ms:.1} ms"))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
 }
 
 /// The caller's VM must be the template's: memory, vCPUs, the same

@@ -275,7 +275,7 @@ fn after_a_restore_the_guest_gets_a_transport_reset_before_any_packet() {
     let head = h.drv.add_writable(evq, &[4]).unwrap();
     h.drv.kick(evq);
     h.pump();
-    h.dev.lock().unwrap().restored();
+    h.dev.lock().unwrap().restored(None).unwrap();
     let used = h.drv.take_used(evq);
     assert_eq!(used, [(head, 4)], "the event buffer carries one event");
     assert_eq!(

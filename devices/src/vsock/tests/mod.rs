@@ -5,5 +5,6 @@
 mod flows;
 mod hostile;
 mod layouts;
+mod snapshot;
 
 pub(super) use super::harness::*;
