@@ -437,20 +437,17 @@ fn kill_dash_nine_of_the_husk_process_is_cleaned_up() {
         !c.leftovers().is_empty(),
         "a running sandbox has mounts and state"
     );
-    // ctr itself, not under `timeout`, so killing it ends the stream.
-    let mut events = Command::new("ctr")
-        .arg("--address")
-        .arg(&c.address)
-        .arg("events")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut events_out = events.stdout.take().unwrap();
-    let collected = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = events_out.read_to_string(&mut text);
-        text
-    });
+    let events = EventStream::subscribe(&c);
+    // Only kill once the subscription is proven live: an event published
+    // before `ctr events` subscribed would never reach it.
+    let subscribed = events.wait_for(
+        Duration::from_secs(30),
+        || {
+            let _ = c.ctr(&["containers", "label", "k9", "husk.test=subscribed"]);
+        },
+        |l| l.contains("/containers/update") && l.contains("k9"),
+    );
+    assert!(subscribed.is_ok(), "ctr events never subscribed: {subscribed:?}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0] as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -476,15 +473,79 @@ fn kill_dash_nine_of_the_husk_process_is_cleaned_up() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let _ = events.kill();
-    let _ = events.wait();
-    let text = collected.join().unwrap();
+    let exited = events.wait_for(Duration::from_secs(30), || {}, |l| {
+        l.contains("/tasks/exit") && l.contains("k9")
+    });
     assert!(
-        text.lines()
-            .any(|l| l.contains("/tasks/exit") && l.contains("k9")),
-        "containerd reported no exit of k9:\n{text}"
+        exited.is_ok(),
+        "containerd reported no exit of k9:\n{}",
+        exited.unwrap_err()
     );
     let _ = c.ctr(&["task", "delete", "k9"]);
     let rm = c.ctr(&["containers", "rm", "k9"]);
     assert!(rm.status.success(), "{}", stderr(&rm));
+}
+
+/// `ctr events` running beside a test, its lines collected as they come.
+struct EventStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl EventStream {
+    fn subscribe(c: &Containerd) -> Self {
+        // ctr itself, not under `timeout`, so killing it ends the stream.
+        let mut child = Command::new("ctr")
+            .arg("--address")
+            .arg(&c.address)
+            .arg("events")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Default::default(),
+        }
+    }
+
+    /// Runs `poke` every second until a line matching `want` arrives; on
+    /// timeout returns everything seen so far.
+    fn wait_for(
+        &self,
+        timeout: Duration,
+        mut poke: impl FnMut(),
+        want: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            poke();
+            while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                let hit = want(&l);
+                self.seen.borrow_mut().push(l);
+                if hit {
+                    return Ok(());
+                }
+            }
+        }
+        Err(self.seen.borrow().join("\n"))
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
