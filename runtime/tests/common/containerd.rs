@@ -231,8 +231,36 @@ impl Containerd {
     }
 }
 
+impl Containerd {
+    /// What a failed test needs to see: the end of containerd's log (which
+    /// holds the shims' logs) and of every sandbox's guest console.
+    pub fn dump_logs(&self) {
+        let tail = |path: &Path, n: usize| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        };
+        eprintln!(
+            "--- last lines of containerd.log ---\n{}",
+            tail(&self.dir.join("containerd.log"), 80)
+        );
+        if let Ok(rd) = std::fs::read_dir(self.state_dir.join("sandboxes")) {
+            for e in rd.flatten() {
+                eprintln!(
+                    "--- last lines of {}/console.log ---\n{}",
+                    e.path().display(),
+                    tail(&e.path().join("console.log"), 40)
+                );
+            }
+        }
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let _ = Command::new(root.join("ci/containerd-env.sh"))
             .arg("stop")
