@@ -1,0 +1,14 @@
+//! Harness tests for the net device: a scripted guest driver on one side
+//! (`GuestDriver` over mock memory), a real tap in a private network
+//! namespace (or no tap) on the other, and the real event-manager loop in
+//! between.
+
+mod backend;
+mod config;
+mod hostile;
+mod rx;
+mod snapshot;
+mod tx;
+
+pub(super) use super::harness::*;
+pub(super) use super::tap_rig::{tap_or_skip, TapRig};
