@@ -336,7 +336,8 @@ pub(super) fn process_rx(
             }
         }
         match rx.place(active, mode, metrics, &mut out.used) {
-            Placed::Delivered | Placed::Dropped => {}
+            Placed::Delivered => {}
+            Placed::Dropped => rx.drop_pending(),
             Placed::Waiting => break,
         }
     }

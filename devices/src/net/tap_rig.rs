@@ -44,7 +44,13 @@ pub struct TapRig {
     pub name: String,
     netns: File,
     sock: OwnedFd,
+    /// A second packet socket that sends with a virtio_net_hdr in front
+    /// (PACKET_VNET_HDR), so the test can send GSO frames out of the tap.
+    vnet_sock: OwnedFd,
 }
+
+/// `<linux/if_packet.h>` PACKET_VNET_HDR (not in libc).
+const PACKET_VNET_HDR: libc::c_int = 15;
 
 impl TapRig {
     /// A namespace with one tap, up; returns the rig and the tap for the device.
@@ -58,10 +64,26 @@ impl TapRig {
         let rig = in_netns(&netns, || -> io::Result<Self> {
             set_link(&name, true)?;
             let sock = packet_socket(&name)?;
+            let vnet_sock = packet_socket(&name)?;
+            let on: libc::c_int = 1;
+            // SAFETY: PACKET_VNET_HDR reads one int.
+            let ret = unsafe {
+                libc::setsockopt(
+                    vnet_sock.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    PACKET_VNET_HDR,
+                    (&raw const on).cast(),
+                    4,
+                )
+            };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(Self {
                 name: name.clone(),
                 netns: netns.try_clone()?,
                 sock,
+                vnet_sock,
             })
         })
         .expect("the tap up with a packet socket on it");
@@ -75,6 +97,21 @@ impl TapRig {
         assert_eq!(
             n,
             frame.len() as isize,
+            "inject: {}",
+            io::Error::last_os_error()
+        );
+    }
+
+    /// Sends `frame` out of the tap behind a 10-byte virtio_net_hdr (e.g. a
+    /// GSO frame): the kernel segments it unless the tap takes the offload.
+    pub fn inject_with_vnet_hdr(&self, hdr: &[u8], frame: &[u8]) {
+        let bytes = [&hdr[..10], frame].concat();
+        let fd = self.vnet_sock.as_raw_fd();
+        // SAFETY: `bytes` is valid for reads of its length.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), 0) };
+        assert_eq!(
+            n,
+            bytes.len() as isize,
             "inject: {}",
             io::Error::last_os_error()
         );
@@ -117,6 +154,13 @@ impl TapRig {
     pub fn delete_link(&self) {
         in_netns(&self.netns, || delete_link(&self.name)).expect("link deleted");
     }
+}
+
+/// Runs `f` on a thread of its own in a new network namespace, which lives
+/// on only through what `f` keeps open (a tap fd, a socket).
+pub fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let ns = new_netns().expect("a private network namespace");
+    in_netns(&ns, || Ok(f())).expect("a thread in the namespace")
 }
 
 // A new network namespace with IPv6 off; the fd keeps it alive.

@@ -8,7 +8,8 @@ mod config;
 mod hostile;
 mod rx;
 mod snapshot;
+mod tap;
 mod tx;
 
 pub(super) use super::harness::*;
-pub(super) use super::tap_rig::{tap_or_skip, TapRig};
+pub(super) use super::tap_rig::{in_private_netns, tap_or_skip, TapRig};

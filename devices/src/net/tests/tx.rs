@@ -76,26 +76,6 @@ fn frames_in_every_layout_reach_the_tap_intact() {
     assert_eq!(h.metric(|m| &m.tx_dropped), 0);
 }
 
-/// An Ethernet + IPv4 + TCP frame whose IP packet is `ip_len` bytes.
-fn tcp4_frame(ip_len: usize) -> Vec<u8> {
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
-    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    ip.extend([198, 18, 0, 1, 198, 18, 0, 2]); // 198.18.0.0/15, benchmarking space
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
-    tcp[12] = 5 << 4; // data offset: 5 words
-    tcp[13] = 0x18; // PSH, ACK
-    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    let payload = pattern(ip_len - 40, 7);
-    let mut l3 = [ip, tcp, payload].concat();
-    l3.truncate(ip_len);
-    let mut frame = eth_frame(PEER, &[]);
-    frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    frame.extend(l3);
-    frame
-}
-
 #[test]
 fn a_64k_gso_frame_reaches_the_tap_whole() {
     if !tap_or_skip("a_64k_gso_frame_reaches_the_tap_whole") {
@@ -103,16 +83,8 @@ fn a_64k_gso_frame_reaches_the_tap_whole() {
     }
     let (rig, tap) = TapRig::new();
     let mut h = NetHarness::new(Some(tap));
-    let frame = tcp4_frame(65_535);
-    let hdr = VnetHdr {
-        flags: 1,    // NEEDS_CSUM
-        gso_type: 1, // TCPV4
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let frame = tcp4_frame(PEER, 65_535);
+    let hdr = tcp4_gso_hdr(1448);
     // As Linux sends it: the header, then the frame in page-sized pieces.
     let mut parts = vec![hdr.bytes().to_vec()];
     parts.extend(frame.chunks(32 * 1024).map(<[u8]>::to_vec));
