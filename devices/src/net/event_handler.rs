@@ -17,7 +17,10 @@
 use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_MRG_RXBUF,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::{NetDevice, TapRegistration, RXQ, TXQ};
@@ -35,6 +38,8 @@ impl NetDevice {
         let mode = RxMode {
             mergeable: self.has_feature(VIRTIO_NET_F_MRG_RXBUF),
             csum: self.has_feature(VIRTIO_NET_F_GUEST_CSUM),
+            tso4: self.has_feature(VIRTIO_NET_F_GUEST_TSO4),
+            tso6: self.has_feature(VIRTIO_NET_F_GUEST_TSO6),
         };
         let Some(active) = self.active.as_mut() else {
             return;

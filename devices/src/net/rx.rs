@@ -16,12 +16,18 @@
 //! outside the guest, shorter than a header, no end) is used with length 0,
 //! counted and warned about. When it comes after chains already popped for
 //! the frame, those cannot be given back past it: they are used empty too,
-//! and the frame is dropped. Only a hostile driver gets there.
+//! and the frame is dropped. Only a hostile driver gets there. A frame
+//! whose header uses an offload the guest did not take (one the tap queued
+//! before it was told the guest's offloads) is dropped too.
 
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory as _};
@@ -57,6 +63,25 @@ pub(super) struct RxMode {
     pub mergeable: bool,
     /// VIRTIO_NET_F_GUEST_CSUM: header flags may reach the guest.
     pub csum: bool,
+    /// VIRTIO_NET_F_GUEST_TSO4 / TSO6: GSO frames of that kind may too.
+    pub tso4: bool,
+    pub tso6: bool,
+}
+
+impl RxMode {
+    /// Whether the guest took every offload the frame's header uses. The
+    /// tap is told the guest's offloads at activation, but a frame it
+    /// queued before (or before a reset) may still carry others.
+    fn takes(&self, hdr: &[u8]) -> bool {
+        let needs_csum = hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0;
+        let gso = match u32::from(hdr[1]) {
+            VIRTIO_NET_HDR_GSO_NONE => true,
+            VIRTIO_NET_HDR_GSO_TCPV4 => self.tso4,
+            VIRTIO_NET_HDR_GSO_TCPV6 => self.tso6,
+            _ => false,
+        };
+        gso && (self.csum || !needs_csum)
+    }
 }
 
 /// One popped chain: its head and its writable pieces in `RxState::parts`.
@@ -111,7 +136,7 @@ impl RxState {
         self.pending = 0;
     }
 
-    fn read(&mut self, tap: &Tap, metrics: &NetMetrics) -> Read {
+    fn read(&mut self, tap: &Tap, mode: RxMode, metrics: &NetMetrics) -> Read {
         let n = match tap.read_frame(&mut self.buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::Empty,
@@ -126,6 +151,17 @@ impl RxState {
                 len = n,
                 tap = tap.name(),
                 "net: dropped a tap frame of impossible size"
+            );
+            return Read::Skipped;
+        }
+        if !mode.takes(&self.buf) {
+            metrics.rx_dropped.fetch_add(1, Ordering::Relaxed);
+            let (flags, gso_type) = (self.buf[0], self.buf[1]);
+            crate::warn_limited!(
+                flags,
+                gso_type,
+                tap = tap.name(),
+                "net: dropped a tap frame with offloads the guest did not take"
             );
             return Read::Skipped;
         }
@@ -325,7 +361,7 @@ pub(super) fn process_rx(
                 break;
             }
             reads += 1;
-            match rx.read(tap, metrics) {
+            match rx.read(tap, mode, metrics) {
                 Read::Frame => {}
                 Read::Skipped => continue,
                 Read::Empty => break,

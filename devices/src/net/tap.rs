@@ -185,6 +185,10 @@ impl Tap {
         if !tap.offloads {
             tracing::warn!(tap = tap.name, "tap takes no offloads; the guest gets none");
         }
+        // Plain frames only until a guest says what it takes.
+        if let Err(e) = tap.set_offload(0) {
+            tracing::warn!(tap = tap.name, "cannot turn the tap's offloads off: {e}");
+        }
         Ok(tap)
     }
 

@@ -121,3 +121,24 @@ fn a_guest_without_tso_gets_mtu_sized_segments() {
         "the segments carry the frame's payload in order"
     );
 }
+
+#[test]
+fn a_frame_with_offloads_the_guest_did_not_take_is_dropped() {
+    if !tap_or_skip("a_frame_with_offloads_the_guest_did_not_take_is_dropped") {
+        return;
+    }
+    let (rig, tap) = TapRig::new();
+    let no_tso = !(1 << VIRTIO_NET_F_GUEST_TSO4 | 1 << VIRTIO_NET_F_GUEST_TSO6);
+    let mut h = NetHarness::acking(Some(tap), no_tso);
+    // As if the tap had queued it before the guest's offloads were set.
+    let tap = h.dev.lock().unwrap().tap().unwrap().clone();
+    tap.set_offload(crate::net::TUN_OFFLOADS).unwrap();
+    h.fill_rx(24, 4096);
+    rig.inject_with_vnet_hdr(&tcp4_gso_hdr(1448).bytes(), &tcp4_frame(MAC.0, 20_000));
+    assert!(h.pump_until(2000, |h| h.metric(|m| &m.rx_dropped) == 1));
+    assert_eq!(h.metric(|m| &m.rx_packets), 0);
+    let plain = eth_frame(MAC.0, b"plain");
+    rig.inject(&plain);
+    let got = h.recv_n(1);
+    assert!(got.len() == 1 && got[0].1 == plain);
+}
