@@ -195,20 +195,7 @@ impl RxState {
                 return Placed::Dropped;
             }
             let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-                let popped = self.chains.len();
-                (0..popped).for_each(|_| queue.go_to_previous_position());
-                if popped > 0 && popped >= usize::from(queue.size()) {
-                    // Every buffer the ring can hold is too little: no kick
-                    // will ever make room for this frame.
-                    metrics.rx_dropped.fetch_add(1, Ordering::Relaxed);
-                    crate::warn_limited!(
-                        len,
-                        capacity,
-                        "net: the whole RX ring cannot hold a frame; dropped"
-                    );
-                    return Placed::Dropped;
-                }
-                return Placed::Waiting;
+                return self.give_back(queue, capacity, metrics);
             };
             let head = chain.head_index();
             let start = self.parts.len();
@@ -219,19 +206,8 @@ impl RxState {
                     self.chains.push(RxChain { head, parts });
                 }
                 Err(e) => {
-                    metrics.rx_malformed.fetch_add(1, Ordering::Relaxed);
-                    crate::warn_limited!(head, "net: unusable RX chain returned empty: {e}");
-                    let heads = self.chains.iter().map(|c| c.head).chain([head]);
-                    for h in heads {
-                        if let Err(e) = queue.add_used(&*mem, h, 0) {
-                            tracing::error!("net: cannot return an RX buffer: {e}");
-                        }
-                    }
                     *used = true;
-                    if !self.chains.is_empty() {
-                        metrics.rx_dropped.fetch_add(1, Ordering::Relaxed);
-                        self.chains.clear();
-                        self.parts.clear();
+                    if self.reject(mem, queue, head, &e, metrics) {
                         return Placed::Dropped;
                     }
                 }
@@ -240,6 +216,56 @@ impl RxState {
         self.write(mem, queue, mode, metrics);
         *used = true;
         Placed::Delivered
+    }
+
+    // The ring ran dry before the frame fit: the popped chains go back for
+    // next time, unless they are every buffer the ring can hold (then no
+    // kick will ever make room, and the frame is dropped).
+    fn give_back(
+        &mut self,
+        queue: &mut virtio_queue::Queue,
+        capacity: usize,
+        metrics: &NetMetrics,
+    ) -> Placed {
+        let popped = self.chains.len();
+        (0..popped).for_each(|_| queue.go_to_previous_position());
+        if popped == 0 || popped < usize::from(queue.size()) {
+            return Placed::Waiting;
+        }
+        metrics.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        let len = self.pending;
+        crate::warn_limited!(
+            len,
+            capacity,
+            "net: the whole RX ring cannot hold a frame; dropped"
+        );
+        Placed::Dropped
+    }
+
+    // Uses an unusable chain empty, with the chains popped before it (they
+    // cannot be given back past it); true when that costs the frame.
+    fn reject(
+        &mut self,
+        mem: &GuestMemory,
+        queue: &mut virtio_queue::Queue,
+        head: u16,
+        e: &RxChainError,
+        metrics: &NetMetrics,
+    ) -> bool {
+        metrics.rx_malformed.fetch_add(1, Ordering::Relaxed);
+        crate::warn_limited!(head, "net: unusable RX chain returned empty: {e}");
+        for h in self.chains.iter().map(|c| c.head).chain([head]) {
+            if let Err(e) = queue.add_used(mem, h, 0) {
+                tracing::error!("net: cannot return an RX buffer: {e}");
+            }
+        }
+        if self.chains.is_empty() {
+            return false;
+        }
+        metrics.rx_dropped.fetch_add(1, Ordering::Relaxed);
+        self.chains.clear();
+        self.parts.clear();
+        true
     }
 
     // Writes the pending frame over the popped chains and uses them.
