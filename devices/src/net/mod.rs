@@ -35,7 +35,6 @@ pub use event_handler::{PROCESS_ACTIVATE, PROCESS_BACKEND, PROCESS_RXQ, PROCESS_
 pub use mac::{MacAddr, MacError};
 pub use snapshot::NetSnapshot;
 pub use tap::{is_gone, Tap, TapError, TUN_OFFLOADS};
-pub use tx::{parse_tx_chain, TxChainError, TxFrame};
 
 /// Virtio device ID of a network card.
 pub const VIRTIO_ID_NET: u32 = 1;

@@ -54,15 +54,6 @@ impl TxFrame<'_> {
         self.iov
     }
 
-    /// Header and frame bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Frame bytes, header excluded.
     pub fn frame_len(&self) -> usize {
         self.len - NET_HDR_LEN
