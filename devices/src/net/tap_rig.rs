@@ -150,6 +150,22 @@ impl TapRig {
         in_netns(&self.netns, || set_link(&self.name, up)).expect("link state set");
     }
 
+    /// Gives the tap's interface the IPv4 address `addr`/`prefix` (from
+    /// 198.18.0.0/15 in tests), so the namespace's own stack answers a guest.
+    pub fn set_ipv4(&self, addr: [u8; 4], prefix: u8) {
+        in_netns(&self.netns, || {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            set_inet(&self.name, libc::SIOCSIFADDR, addr)?;
+            set_inet(&self.name, libc::SIOCSIFNETMASK, mask.to_be_bytes())
+        })
+        .expect("address set");
+    }
+
+    /// A TCP listener inside the namespace.
+    pub fn tcp_listener(&self, addr: std::net::SocketAddrV4) -> std::net::TcpListener {
+        in_netns(&self.netns, || std::net::TcpListener::bind(addr)).expect("a listener")
+    }
+
     /// Deletes the tap's interface, as `ip link del` would, under the device.
     pub fn delete_link(&self) {
         in_netns(&self.netns, || delete_link(&self.name)).expect("link deleted");
@@ -230,6 +246,24 @@ fn set_link(name: &str, up: bool) -> io::Result<()> {
     req.ifr_ifru.ifru_flags = flags;
     // SAFETY: SIOCSIFFLAGS reads an ifreq.
     if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// SIOCSIFADDR or SIOCSIFNETMASK with an AF_INET address.
+fn set_inet(name: &str, request: libc::c_ulong, addr: [u8; 4]) -> io::Result<()> {
+    let s = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let mut req = ifreq(name);
+    // SAFETY: all-zero bytes are a valid sockaddr_in.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_addr.s_addr = u32::from_ne_bytes(addr);
+    // SAFETY: a sockaddr_in fits the union's sockaddr (both 16 bytes).
+    req.ifr_ifru.ifru_addr =
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) };
+    // SAFETY: the request reads an ifreq.
+    if unsafe { libc::ioctl(s.as_raw_fd(), request, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
