@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use husk_devices::bus::Bus;
 use husk_devices::fs::{FsConfig, FsDevice};
+use husk_devices::net::{NetConfig, NetDevice};
 use husk_devices::pmem::PmemDevice;
 use husk_devices::virtio::{
     IrqFdInterrupt, MmioTransport, VirtioDevice, MMIO_LEN, QUEUE_NOTIFY_OFFSET,
@@ -27,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::cmdline::{CmdlineBuildError, KernelCmdline};
 use crate::device_memory::{DeviceMemory, DeviceMemoryError, SlotAccess};
+use crate::net::NetSpec;
 use crate::pmem::{ImageFs, PmemImage, PmemImageError, PmemSpec};
 use crate::resources::{GuestResources, ResourceError};
 
@@ -54,6 +56,8 @@ pub enum DeviceError {
     PmemImage(#[from] PmemImageError),
     #[error("cannot create the pmem device: {0}")]
     Pmem(#[from] husk_devices::pmem::PmemError),
+    #[error("cannot create the net device: {0}")]
+    Net(#[from] husk_devices::net::NetError),
     #[error(transparent)]
     DeviceMemory(#[from] DeviceMemoryError),
     #[error("cannot create the virtio-mmio transport: {0}")]
@@ -95,6 +99,8 @@ pub struct DeviceManager {
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// Guest-physical base of each pmem image, in the order added.
     pub pmem_bases: Vec<u64>,
+    /// What each net device shows its guest, in the order added.
+    pub nets: Vec<NetConfig>,
 }
 
 impl DeviceManager {
@@ -147,6 +153,16 @@ impl DeviceManager {
         self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
         Ok(fs)
+    }
+
+    /// Adds a virtio-net device behind `spec.tap` (or none).
+    pub fn add_net(&mut self, ctx: &mut DeviceContext, spec: &NetSpec) -> Result<(), DeviceError> {
+        let config = spec.device_config();
+        let device = Arc::new(Mutex::new(NetDevice::new(config, spec.tap.clone())?));
+        self.add_mmio(ctx, device.clone())?;
+        self.subscribers.push(device);
+        self.nets.push(config);
+        Ok(())
     }
 
     /// Adds a virtio-fs device sharing `config.shared_dir`; its DAX window,

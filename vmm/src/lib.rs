@@ -5,10 +5,11 @@
 //! initrd, command line, boot parameters, MP table, initial CPU state),
 //! `kvm_setup` (VM and vCPU ioctls), `resources` (the one allocator of MMIO
 //! windows, IRQs, memory slots and device-memory ranges), `device_manager`
-//! (virtio devices and their thread), `device_memory` and `pmem` (host
-//! mappings above RAM: pmem images, shared-memory windows), `vcpu` (run
-//! loop), and `compat` (everything for software-KVM hosts: the profile,
-//! CPUID, instruction fallbacks, the guest page walker).
+//! (virtio devices and their thread), `net` (network cards and their taps),
+//! `device_memory` and `pmem` (host mappings above RAM: pmem images,
+//! shared-memory windows), `vcpu` (run loop), and `compat` (everything for
+//! software-KVM hosts: the profile, CPUID, instruction fallbacks, the guest
+//! page walker).
 
 pub mod boot;
 pub mod compat;
@@ -19,6 +20,7 @@ pub mod handle;
 pub mod kvm_setup;
 pub mod layout;
 pub mod memory;
+pub mod net;
 pub mod pmem;
 pub mod resources;
 pub mod snapshot;
@@ -31,5 +33,7 @@ pub use console_watch::{ConsoleWaitError, ConsoleWatch};
 pub use device_manager::VsockSpec;
 pub use handle::{VmEvent, VmHandle};
 pub use husk_devices::fs::{CacheMode, FsConfig};
+pub use husk_devices::net::{MacAddr, Tap, TapError};
+pub use net::NetSpec;
 pub use pmem::PmemSpec;
 pub use vm::{ConsoleTarget, RunReport, Vm, VmConfig, VmError, VmOutcome, VmStopper};

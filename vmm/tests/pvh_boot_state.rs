@@ -139,6 +139,7 @@ fn pvh_guest_sees_the_promised_boot_state() {
         vsock: None,
         pmem: Vec::new(),
         fs: Vec::new(),
+        net: Vec::new(),
         template: None,
     };
     let report = Vm::new(&config).unwrap().run().unwrap();

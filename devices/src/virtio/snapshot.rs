@@ -88,6 +88,7 @@ pub struct TransportSnapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeviceState {
     Vsock(crate::vsock::VsockSnapshot),
+    Net(crate::net::NetSnapshot),
 }
 
 #[derive(Debug, thiserror::Error)]

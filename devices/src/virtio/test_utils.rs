@@ -107,12 +107,24 @@ impl GuestDriver {
     /// Initialization up to live queues, without DRIVER_OK: a driver may
     /// make buffers available before the device is activated.
     pub fn init_queues(&mut self) {
+        self.init_queues_acking(u64::MAX);
+    }
+
+    /// The driver's initialization sequence, acking only the offered
+    /// features that are in `mask`.
+    pub fn init_acking(&mut self, mask: u64) {
+        self.init_queues_acking(mask);
+        self.set_driver_ok();
+    }
+
+    /// `init_queues`, acking only the offered features that are in `mask`.
+    pub fn init_queues_acking(&mut self, mask: u64) {
         self.clear_rings();
         self.write_reg(0x70, ACKNOWLEDGE);
         self.write_reg(0x70, ACKNOWLEDGE | DRIVER);
         for sel in 0..2 {
             self.write_reg(0x14, sel);
-            let offered = self.read_reg(0x10);
+            let offered = self.read_reg(0x10) & (mask >> (32 * sel)) as u32;
             self.write_reg(0x24, sel);
             self.write_reg(0x20, offered);
         }

@@ -155,6 +155,9 @@ impl VirtioDevice for VsockDevice {
             Some(DeviceState::Vsock(saved)) => {
                 self.muxer.park(saved).map_err(SnapshotError::DeviceState)
             }
+            Some(other) => Err(SnapshotError::DeviceState(format!(
+                "a vsock device cannot take the state of another device type: {other:?}"
+            ))),
             None => {
                 self.reset_pending = super::event_handler::send_transport_reset(self);
                 Ok(())

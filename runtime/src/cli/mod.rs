@@ -5,6 +5,7 @@ mod bench;
 mod check;
 mod fs_share;
 mod install;
+mod net_arg;
 mod run;
 mod sandbox_vm;
 mod template;

@@ -52,6 +52,16 @@ pub struct VmArgs {
         value_parser = super::fs_share::parse_fs_share
     )]
     fs: Vec<husk_vmm::FsConfig>,
+    /// Add a virtio-net device (repeatable) behind tap NAME, opened or created in husk's own
+    /// network namespace; without tap= (or with `none`) the device has no backend and drops
+    /// what the guest sends. mac= defaults to a random local address (a template's own when
+    /// starting from one), mtu= to 1500.
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME[,mac=MAC][,mtu=N]",
+        value_parser = super::net_arg::parse_net
+    )]
+    net: Vec<super::net_arg::NetArg>,
     /// Print a machine-readable line on stderr when vCPU 0 first enters the guest (for `husk bench`).
     #[arg(long, hide = true)]
     report_timing: bool,
@@ -59,11 +69,15 @@ pub struct VmArgs {
 
 impl VmArgs {
     fn config(&self) -> anyhow::Result<VmConfig> {
-        let (mem, cpus, pmem) = match &self.from_template {
+        let (mem, cpus, pmem, net) = match &self.from_template {
             None => (
                 self.mem.unwrap_or(128 << 20),
                 self.cpus.unwrap_or(1),
                 self.pmem.clone(),
+                self.net
+                    .iter()
+                    .map(|n| n.open(husk_vmm::net::DEFAULT_MTU))
+                    .collect::<anyhow::Result<_>>()?,
             ),
             Some(dir) => from_template(dir, self)?,
         };
@@ -82,17 +96,18 @@ impl VmArgs {
             vsock: self.vsock.clone(),
             pmem,
             fs: self.fs.clone(),
+            net,
             template: self.from_template.clone(),
         })
     }
 }
 
-/// A template's memory, vCPUs and (unless given) pmem images; asking for
-/// another size is an error.
+/// A template's memory, vCPUs and (unless given) pmem images and net
+/// devices (then without taps); asking for another size is an error.
 fn from_template(
     dir: &std::path::Path,
     args: &VmArgs,
-) -> anyhow::Result<(u64, u8, Vec<husk_vmm::PmemSpec>)> {
+) -> anyhow::Result<(u64, u8, Vec<husk_vmm::PmemSpec>, Vec<husk_vmm::NetSpec>)> {
     let t = husk_vmm::snapshot::Template::open(dir)?;
     let h = &t.header;
     if let Some(mem) = args.mem.filter(|&m| m != h.mem_bytes) {
@@ -122,7 +137,19 @@ fn from_template(
     } else {
         args.pmem.clone()
     };
-    Ok((h.mem_bytes, h.vcpus, pmem))
+    let saved = &h.devices.net;
+    let net: anyhow::Result<Vec<_>> = if args.net.is_empty() {
+        let none = super::net_arg::NetArg::default();
+        saved.iter().map(|n| none.open(n.mtu)).collect()
+    } else {
+        let mtu = |i: usize| saved.get(i).map_or(husk_vmm::net::DEFAULT_MTU, |n| n.mtu);
+        args.net
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.open(mtu(i)))
+            .collect()
+    };
+    Ok((h.mem_bytes, h.vcpus, pmem, net?))
 }
 
 pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {

@@ -209,6 +209,7 @@ pub fn guest_vm_config(
         }),
         pmem,
         fs: vec![husk_vmm::FsConfig::new(SHARED_FS_TAG, &dir.shared())],
+        net: Vec::new(),
         template: template.map(Path::to_path_buf),
     }
 }

@@ -111,6 +111,7 @@ pub fn vm_config(mem_mib: u64, cpus: u8, cmdline: &str) -> VmConfig {
         vsock: None,
         pmem: Vec::new(),
         fs: Vec::new(),
+        net: Vec::new(),
         template: None,
     }
 }

@@ -4,11 +4,12 @@
 //! template.json  the header: format and husk versions, the kernel and
 //!                guest image it booted (path, size, sha256), memory size
 //!                and RAM ranges, vCPU count, the host CPUID digest, the
-//!                command line, the devices, and the digests of the two
-//!                files below
+//!                command line, the devices (net cards: MAC and MTU), and
+//!                the digests of the two files below
 //! state.json     vCPU and VM state (KVM's structs as bytes), the virtio
 //!                transports and their queues, device state (vsock: the
-//!                guest's quiet connections), the serial console
+//!                guest's quiet connections; net: MAC and MTU), the serial
+//!                console
 //! memory.bin     guest RAM (sparse; see `memory`)
 //! ```
 //!
@@ -20,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use husk_devices::legacy::SerialSnapshot;
+use husk_devices::net::MacAddr;
 use husk_devices::virtio::TransportSnapshot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::kvm_state::{VcpuState, VmState};
 
 /// Bumped whenever anything below changes shape.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 pub const HUSK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub const HEADER_FILE: &str = "template.json";
@@ -70,6 +72,18 @@ pub struct DeviceLayout {
     pub fs_tags: Vec<String>,
     /// Each pmem image's identity and guest-physical base.
     pub pmem: Vec<(FileIdentity, u64)>,
+    /// Each net device as its guest knows it (taps are the clone's own).
+    /// Defaults to none so an older header still parses far enough to be
+    /// refused for its format version.
+    #[serde(default)]
+    pub net: Vec<NetLayout>,
+}
+
+/// A net device of a template: what its guest read from config space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetLayout {
+    pub mac: MacAddr,
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

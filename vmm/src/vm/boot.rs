@@ -13,7 +13,7 @@ use crate::boot::{cpu_state, mptable, params};
 use crate::kvm_setup;
 use crate::memory;
 use crate::snapshot::format::{
-    DeviceLayout, FileIdentity, TemplateHeader, FORMAT_VERSION, HUSK_VERSION,
+    DeviceLayout, FileIdentity, NetLayout, TemplateHeader, FORMAT_VERSION, HUSK_VERSION,
 };
 
 pub(super) fn boot(config: &VmConfig) -> Result<Vm, VmError> {
@@ -104,6 +104,15 @@ fn identity(config: &VmConfig, machine: &Machine) -> TemplateHeader {
             vsock_cid: config.vsock.as_ref().map(|v| v.cid),
             fs_tags: config.fs.iter().map(|f| f.tag.clone()).collect(),
             pmem,
+            net: machine
+                .devices
+                .nets
+                .iter()
+                .map(|n| NetLayout {
+                    mac: n.mac,
+                    mtu: n.mtu,
+                })
+                .collect(),
         },
         state_sha256: String::new(),
         memory_checksum: 0,

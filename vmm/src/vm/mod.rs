@@ -39,6 +39,7 @@ use crate::device_memory::DeviceMemory;
 use crate::handle::VmEvent;
 use crate::kvm_setup::{self, KvmSetupError};
 use crate::memory::MemoryError;
+use crate::net::NetSpec;
 use crate::pmem::PmemSpec;
 use crate::snapshot::format::TemplateHeader;
 use crate::vcpu::{kick_signal, Vcpu, VcpuEvent};
@@ -68,6 +69,8 @@ pub struct VmConfig {
     pub pmem: Vec<PmemSpec>,
     /// virtio-fs shares.
     pub fs: Vec<FsConfig>,
+    /// virtio-net cards, added after every other device in this order.
+    pub net: Vec<NetSpec>,
     /// Start from this template instead of booting `kernel`: memory size and
     /// vCPUs must be the template's; `kernel` and `pmem` images, when given,
     /// must be the files it was made with.

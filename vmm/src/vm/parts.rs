@@ -105,9 +105,9 @@ impl Machine {
     }
 }
 
-/// Adds vsock, virtio-fs and pmem devices, in that order; without an
-/// initrd (and with no `root=` from the user) the guest boots from the
-/// first pmem image.
+/// Adds vsock, virtio-fs, pmem and net devices, in that order (a template
+/// restores only into a VM whose devices land where its own did; new kinds
+/// of device go last).
 fn add_virtio_devices(
     config: &VmConfig,
     kvm: &Kvm,
@@ -120,6 +120,21 @@ fn add_virtio_devices(
     for share in &config.fs {
         devices.add_fs(ctx, share)?;
     }
+    add_pmem_devices(config, kvm, devices, ctx)?;
+    for spec in &config.net {
+        devices.add_net(ctx, spec)?;
+    }
+    Ok(())
+}
+
+/// The pmem devices; without an initrd (and with no `root=` from the user)
+/// the guest boots from the first image.
+fn add_pmem_devices(
+    config: &VmConfig,
+    kvm: &Kvm,
+    devices: &mut DeviceManager,
+    ctx: &mut DeviceContext,
+) -> Result<(), VmError> {
     if config.pmem.is_empty() {
         return Ok(());
     }

@@ -8,7 +8,8 @@
 //! an error naming what differs. The vsock device then parks the guest's
 //! connections the snapshot saved, for host clients to take over, or, when
 //! it saved none, tells the guest its old connections are gone (transport
-//! reset).
+//! reset). Net devices keep the template's MAC and MTU (the guest read
+//! them once, at probe) and get the caller's taps, or none.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -17,7 +18,7 @@ use vm_memory::GuestAddress;
 
 use super::parts::Machine;
 use super::{Vm, VmConfig, VmError};
-use crate::snapshot::format::Template;
+use crate::snapshot::format::{NetLayout, Template, TemplateHeader};
 use crate::snapshot::memory;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -28,6 +29,7 @@ pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
     let mut phases = Phases::start();
     let template = Template::open(dir)?;
     check_config(&template, config)?;
+    let config = &with_template_macs(config, &template.header.devices.net);
     phases.mark("open and check");
     let h = &template.header;
     memory::verify(&template.memory_path(), h.mem_bytes, h.memory_checksum)
@@ -53,13 +55,7 @@ pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
         &h.host_cpuid_sha256,
         &machine.cpuid_digest(h.vcpus),
     )?;
-    let bases: Vec<u64> = h.devices.pmem.iter().map(|(_, b)| *b).collect();
-    if bases != machine.devices.pmem_bases {
-        return Err(VmError::Restore(format!(
-            "pmem images land at {:x?} here, the template had them at {bases:x?}",
-            machine.devices.pmem_bases
-        )));
-    }
+    check_devices(&machine, h)?;
     let state = &template.state;
     let wired = machine.wire(config, Some(&state.serial))?;
     let mut vcpus = Vec::with_capacity(state.vcpus.len());
@@ -92,6 +88,34 @@ pub(super) fn restore(config: &VmConfig, dir: &Path) -> Result<Vm, VmError> {
     phases.mark("devices' state");
     tracing::info!(template = %dir.display(), phases = %phases, "VM restored from a template");
     machine.into_vm(wired, vcpus, template.header.clone())
+}
+
+/// The devices landed as the template's did: pmem images at the same bases,
+/// net cards showing the same MACs and MTUs.
+fn check_devices(machine: &Machine, h: &TemplateHeader) -> Result<(), VmError> {
+    let bases: Vec<u64> = h.devices.pmem.iter().map(|(_, b)| *b).collect();
+    if bases != machine.devices.pmem_bases {
+        return Err(VmError::Restore(format!(
+            "pmem images land at {:x?} here, the template had them at {bases:x?}",
+            machine.devices.pmem_bases
+        )));
+    }
+    let nets: Vec<NetLayout> = machine
+        .devices
+        .nets
+        .iter()
+        .map(|n| NetLayout {
+            mac: n.mac,
+            mtu: n.mtu,
+        })
+        .collect();
+    if nets != h.devices.net {
+        return Err(VmError::Restore(format!(
+            "net devices are {nets:?} here, the template had {:?}",
+            h.devices.net
+        )));
+    }
+    Ok(())
 }
 
 /// How long each step of a restore took, for the log (and for deciding
@@ -163,5 +187,36 @@ fn check_config(t: &Template, config: &VmConfig) -> Result<(), VmError> {
     if !config.kernel.as_os_str().is_empty() {
         t.require_file("kernel", &h.kernel, &config.kernel)?;
     }
+    check_net(t, config)
+}
+
+/// The same net devices, each with the template's MTU and, when the caller
+/// names one, the template's MAC: the guest keeps what it read at probe.
+fn check_net(t: &Template, config: &VmConfig) -> Result<(), VmError> {
+    let made_with = &t.header.devices.net;
+    t.require(
+        "net device count",
+        &made_with.len().to_string(),
+        &config.net.len().to_string(),
+    )?;
+    for (spec, saved) in config.net.iter().zip(made_with) {
+        if let Some(mac) = spec.mac {
+            t.require("net device MAC", &saved.mac.to_string(), &mac.to_string())?;
+        }
+        t.require(
+            "net device MTU",
+            &saved.mtu.to_string(),
+            &spec.mtu.to_string(),
+        )?;
+    }
     Ok(())
+}
+
+/// `config` with every net device's MAC set to the template's.
+fn with_template_macs(config: &VmConfig, made_with: &[NetLayout]) -> VmConfig {
+    let mut config = config.clone();
+    for (spec, saved) in config.net.iter_mut().zip(made_with) {
+        spec.mac = Some(saved.mac);
+    }
+    config
 }
