@@ -447,7 +447,10 @@ fn kill_dash_nine_of_the_husk_process_is_cleaned_up() {
         },
         |l| l.contains("/containers/update") && l.contains("k9"),
     );
-    assert!(subscribed.is_ok(), "ctr events never subscribed: {subscribed:?}");
+    assert!(
+        subscribed.is_ok(),
+        "ctr events never subscribed: {subscribed:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pids[0] as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -473,9 +476,11 @@ fn kill_dash_nine_of_the_husk_process_is_cleaned_up() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let exited = events.wait_for(Duration::from_secs(30), || {}, |l| {
-        l.contains("/tasks/exit") && l.contains("k9")
-    });
+    let exited = events.wait_for(
+        Duration::from_secs(30),
+        || {},
+        |l| l.contains("/tasks/exit") && l.contains("k9"),
+    );
     assert!(
         exited.is_ok(),
         "containerd reported no exit of k9:\n{}",
