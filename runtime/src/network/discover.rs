@@ -254,7 +254,8 @@ fn describe(links: &[&Link]) -> String {
                 LinkKind::Ethernet => "ethernet",
                 LinkKind::Other(k) => k,
             };
-            format!("{} ({kind})", l.name)
+            let down = if l.up { "" } else { ", down" };
+            format!("{} ({kind}{down})", l.name)
         })
         .collect();
     if names.is_empty() {
@@ -485,7 +486,7 @@ mod tests {
         let err = choose_interface(&facts, "tap0_husk").unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("lo (loopback)") && text.contains("tunl0 (ipip)"),
+            text.contains("lo (loopback)") && text.contains("tunl0 (ipip, down)"),
             "{text}"
         );
     }

@@ -16,7 +16,7 @@
 //!
 //! How the shim uses it:
 //! 1. RunPodSandbox: [`setup`]`(netns, TAP_NAME)` with the network namespace
-//!    path of the sandbox's OCI spec; persist `netns` and `tap_name` in the
+//!    path of the sandbox's OCI spec ([`pod_netns`]); persist `netns` and `tap_name` in the
 //!    sandbox state (what [`cleanup`] needs); give a clone of
 //!    [`PodNetwork::tap`] to the VMM's virtio-net device, with MAC
 //!    `guest.mac`.
@@ -53,5 +53,52 @@ pub use guest::{GuestNetwork, GuestRoute, IpPrefix};
 pub use netns::{in_netns, NetnsError};
 pub use pod::{cleanup, setup, Cleanup, NetworkError, PodNetwork};
 
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
 /// The tap husk creates in every pod's network namespace.
 pub const TAP_NAME: &str = "tap0_husk";
+
+/// The pod's network namespace: the path of the spec's `network` namespace
+/// entry (the CRI's `/var/run/netns/cni-...`). None when the spec asks for
+/// no network namespace (host network) or a new empty one (no path): then
+/// there is no CNI interface to join.
+pub fn pod_netns(spec: &Spec) -> Option<PathBuf> {
+    let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
+    namespaces
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(namespaces: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": { "namespaces": namespaces }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pod_netns_is_the_network_namespace_path() {
+        let s = spec(serde_json::json!([
+            {"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1234"}
+        ]));
+        assert_eq!(
+            pod_netns(&s),
+            Some(PathBuf::from("/var/run/netns/cni-1234"))
+        );
+        assert_eq!(
+            pod_netns(&spec(serde_json::json!([{"type": "network"}]))),
+            None
+        );
+        assert_eq!(pod_netns(&spec(serde_json::json!([{"type": "pid"}]))), None);
+    }
+}

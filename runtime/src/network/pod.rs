@@ -260,7 +260,8 @@ fn claim_ingress(
 impl PodNetwork {
     /// Removes the redirects and the tap, and closes the tap's fd (the
     /// VMM's copy, if any, then reads and writes errors). A namespace that
-    /// is already gone is not an error.
+    /// is already gone is not an error; after any other error, [`cleanup`]
+    /// with the same namespace and tap name can finish the job.
     pub fn teardown(self) -> Result<(), NetworkError> {
         let PodNetwork {
             netns,
@@ -281,9 +282,10 @@ impl PodNetwork {
         });
         drop(tap);
         match result {
-            Err(e) if e.is_gone() => Ok(()),
-            other => other?,
-        }?;
+            Ok(done) => done?,
+            Err(e) if e.is_gone() => {}
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(netns = %netns.display(), tap = %tap_name, "pod network torn down");
         Ok(())
     }
@@ -295,8 +297,9 @@ impl PodNetwork {
 /// the tap even when a process still holds it.
 pub fn cleanup(netns: &Path, tap_name: &str) -> Result<Cleanup, NetworkError> {
     let done = match in_netns(netns, || cleanup_in(&Ctx { netns }, tap_name)) {
+        Ok(done) => done?,
         Err(e) if e.is_gone() => return Ok(Cleanup::default()),
-        other => other??,
+        Err(e) => return Err(e.into()),
     };
     if done != Cleanup::default() {
         tracing::info!(netns = %netns.display(), tap = tap_name, ?done, "pod network cleaned up");
