@@ -32,6 +32,8 @@ nix::ioctl_write_ptr_bad!(
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// Fail rather than attach when a device of that name exists already.
+const IFF_TUN_EXCL: libc::c_short = 0x8000u16 as libc::c_short;
 
 /// Whether `name` can be a Linux interface name.
 pub fn valid_name(name: &str) -> bool {
@@ -45,7 +47,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Creates tap `name` in the calling thread's network namespace and returns
-/// its fd (the device goes away when every copy of the fd is closed).
+/// its fd (the device goes away when every copy of the fd is closed). Fails
+/// with EBUSY if a device of that name exists, rather than attaching to it.
 pub fn create(name: &str) -> io::Result<File> {
     if !valid_name(name) {
         return Err(io::Error::new(
@@ -63,7 +66,7 @@ pub fn create(name: &str) -> io::Result<File> {
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
-    req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_TUN_EXCL;
     // SAFETY: TUNSETIFF reads (and may update) one ifreq, which lives on
     // this stack frame for the whole call; the name is NUL-terminated
     // because it is at most 15 bytes of a zeroed 16-byte array.
@@ -93,5 +96,31 @@ mod tests {
         }
         assert!(valid_name("tap0_husk"));
         assert!(valid_name("eth0"));
+    }
+
+    #[test]
+    fn an_existing_device_is_not_taken_over() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP an_existing_device_is_not_taken_over: network namespaces need root");
+            return;
+        }
+        let ns = format!("husk-{}-tapexcl", std::process::id());
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(ip(&["netns", "add", &ns]), "ip netns add {ns}");
+        // A persistent tap with the same flags, which TUNSETIFF would attach to.
+        let made = ip(&[
+            "-n", &ns, "tuntap", "add", "dev", "t0", "mode", "tap", "vnet_hdr",
+        ]);
+        let path = std::path::Path::new("/var/run/netns").join(&ns);
+        let result = super::super::netns::in_netns(&path, || create("t0").map(drop));
+        ip(&["netns", "del", &ns]);
+        assert!(made, "ip tuntap add");
+        let err = result.unwrap().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY), "{err}");
     }
 }
