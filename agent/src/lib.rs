@@ -4,12 +4,14 @@
 //! - `init`: PID-1 duties (mounts, cgroup controllers, power-off on fatal errors).
 //! - `reaper`: the process-wide child reaper.
 //! - `container`: the container engine (OCI spec -> namespaced, cgrouped process).
+//! - `network`: the guest's NIC and routes, as the pod's interface has them.
 //! - `rpc`: the ttrpc server for `husk.agent.v1.AgentService`.
 //! - `guest_details`: what GetGuestDetails reports.
 //! - `ready`: telling the host the agent serves.
 pub mod container;
 pub mod guest_details;
 pub mod init;
+pub mod network;
 pub mod ready;
 pub mod reaper;
 pub mod rpc;

@@ -3,6 +3,8 @@
 //!
 //! - `agent_client`: reaching husk-agent in the guest over the vsock bridge.
 //! - `config`: husk's configuration file.
+//! - `network`: pod networking (a tap in the pod's netns joined to the CNI
+//!   interface by tc redirects; what the guest's NIC must copy).
 //! - `sandbox`: a VM with its agent, and the containers in it.
 //! - `shim`: `containerd-shim-husk-v2`.
 //! - `stdio`: a guest process's streams bridged to FIFOs or host streams.
@@ -10,6 +12,7 @@
 //! - `size`: human memory sizes.
 pub mod agent_client;
 pub mod config;
+pub mod network;
 pub mod sandbox;
 pub mod shim;
 pub mod size;

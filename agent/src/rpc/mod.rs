@@ -7,10 +7,12 @@
 //! - `rootfs_mount`: the rootfs mount CreateContainer may ask for.
 //! - `requests`: request validation (`TryFrom` into checked types).
 //! - `sandbox`: guest-wide sandbox state.
+//! - `network`: the guest's NIC and routes (UpdateInterface, UpdateRoutes).
 //! - `restored`: a clone of a template becoming itself (clock, entropy).
 //! - `status`: how failures become ttrpc codes.
 
 mod containers;
+mod network;
 mod requests;
 mod restored;
 mod rootfs_mount;

@@ -253,6 +253,24 @@ impl AgentService for AgentRpc {
         reply("ListProcesses", r)
     }
 
+    fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateInterfaceRequest,
+    ) -> Reply<agent::Empty> {
+        let r = super::network::update_interface(self.sandbox.scope(), &req);
+        reply("UpdateInterface", empty(r))
+    }
+
+    fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateRoutesRequest,
+    ) -> Reply<agent::Empty> {
+        let r = super::network::update_routes(self.sandbox.scope(), &req);
+        reply("UpdateRoutes", empty(r))
+    }
+
     fn check(&self, _: &TtrpcContext, _: agent::CheckRequest) -> Reply<agent::HealthCheckResponse> {
         let mut r = agent::HealthCheckResponse::new();
         r.status = ServingStatus::SERVING.into();

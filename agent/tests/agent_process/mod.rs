@@ -26,18 +26,52 @@ const STARTUP: Duration = Duration::from_secs(120);
 
 impl AgentProcess {
     pub fn start(name: &str) -> AgentProcess {
+        AgentProcess::start_with(name, None)
+    }
+
+    /// Runs the agent in network namespace NETNS (`/var/run/netns/NETNS`),
+    /// as `ip netns exec` would but without its new mount namespace and
+    /// /sys, which would hide the cgroup hierarchies. The Unix socket is a
+    /// path, reachable from any network namespace.
+    pub fn start_in_netns(name: &str, netns: &str) -> AgentProcess {
+        AgentProcess::start_with(name, Some(netns))
+    }
+
+    fn start_with(name: &str, netns: Option<&str>) -> AgentProcess {
         let dir = std::env::temp_dir().join(format!("husk-agent-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("agent.sock");
         let address = format!("unix://{}", socket.display());
         let cgroup_parent = format!("husk-rpc-test-{}-{name}", std::process::id());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_husk-agent"));
+        // Kept open until the child is spawned.
+        let netns_file = netns.map(|ns| {
+            std::fs::File::open(Path::new("/var/run/netns").join(ns))
+                .unwrap_or_else(|e| panic!("network namespace {ns}: {e}"))
+        });
+        if let Some(file) = &netns_file {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+            // SAFETY: the closure runs in the forked child before exec and
+            // only makes the setns system call, which is async-signal-safe;
+            // `fd` is open in the child until exec closes it (O_CLOEXEC).
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .args(["--listen", &address, "--cgroup-parent", &cgroup_parent])
             .env("HUSK_AGENT_LOG", "debug")
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning husk-agent");
+        drop(netns_file);
         let (tx, log) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
