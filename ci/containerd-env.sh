@@ -22,6 +22,9 @@
 #   HUSK_CONTAINERD_CRI  1 = also enable the CRI plugin (off by default; see
 #                        the CRI section of the generated config)
 #   HUSK_CRI_SANDBOX_IMAGE  CRI's pause image (must be imported: no network)
+#   HUSK_CNI_SUBNET      the pod network of the CRI instance (default: a /24
+#                        of 198.18.0.0/15 picked from DIR's hash); pods get
+#                        addresses from it on a bridge named husk<hash of DIR>
 #   CONTAINERD_LOG_LEVEL debug|info|warn (default info)
 #   CONTAINERD_START_TIMEOUT / CONTAINERD_STOP_TIMEOUT  seconds (30 / 10)
 #
@@ -37,6 +40,11 @@
 #                        --runc-root DIR/runc` moves it; the CRI runc runtime
 #                        below is configured with Root = DIR/runc)
 #   cgroups /<ns>/<id>   ctr's default cgroup path (`ctr run --cgroup`)
+# With CRI, pods are networked by Debian's CNI plugins (bridge, host-local,
+# loopback from /usr/lib/cni, linked into DIR/cni/bin): one bridge per
+# instance in the host's network namespace, named after DIR's hash, with the
+# subnet's first address as gateway; no masquerading, no port mappings, so
+# pod traffic stays between the host and the pods. `stop` deletes the bridge.
 # The debug and metrics listeners are disabled and the stream server (CRI
 # only) binds an ephemeral port, so there are no fixed TCP ports either.
 #
@@ -179,6 +187,49 @@ EOF
 EOF
 }
 
+# The instance's CNI bridge: "husk" + 8 hex digits of DIR's hash (15 max).
+cni_bridge() { echo "husk$(printf %s "$dir" | sha256sum | cut -c1-8)"; }
+
+# The instance's pod subnet: HUSK_CNI_SUBNET, or a /24 of 198.18.0.0/15.
+cni_subnet() {
+  if [ -n "${HUSK_CNI_SUBNET:-}" ]; then echo "$HUSK_CNI_SUBNET"; return; fi
+  local h
+  h=$((16#$(printf %s "$dir" | sha256sum | cut -c1-4) % 512))
+  echo "198.$((18 + h / 256)).$((h % 256)).0/24"
+}
+
+write_cni_config() {
+  local p
+  [ -d /usr/lib/cni ] || die "Debian's CNI plugins are missing (apt-get install containernetworking-plugins)"
+  mkdir -p "$dir/cni/bin" "$dir/cni/net.d" "$dir/cni/ipam"
+  for p in bridge host-local loopback; do
+    [ -x "/usr/lib/cni/$p" ] || die "/usr/lib/cni/$p is missing"
+    ln -sf "/usr/lib/cni/$p" "$dir/cni/bin/$p"
+  done
+  cat >"$dir/cni/net.d/10-husk.conflist" <<EOF
+{
+  "cniVersion": "0.4.0",
+  "name": "husk-test",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$(cni_bridge)",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$dir/cni/ipam",
+        "ranges": [[{"subnet": "$(cni_subnet)"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    },
+    {"type": "loopback"}
+  ]
+}
+EOF
+}
+
 start() {
   local pid path deadline
   if pid=$(our_pid); then
@@ -203,6 +254,7 @@ start() {
   mkdir -p "$dir"/{root,state,tmp,opt}
   rm -f "$sock" "$sock.ttrpc" "$pidfile"
   write_config
+  if [ "${HUSK_CONTAINERD_CRI:-0}" = 1 ]; then write_cni_config; fi
   say "starting containerd in $dir (log $log)"
   # stdin/stdout/stderr away from the caller, so $(...) and test harnesses
   # that wait for EOF on our output do not wait for containerd.
@@ -417,6 +469,10 @@ stop() {
   cleanup_processes_and_mounts || die "could not clean up under $dir"
   # shellcheck disable=SC2086 # namespace names have no blanks
   remove_empty_ns_dirs $nss
+  if [ -d "$dir/cni" ] && ip link show "$(cni_bridge)" >/dev/null 2>&1; then
+    say "deleting the CNI bridge $(cni_bridge)"
+    ip link delete "$(cni_bridge)" || say "warning: could not delete $(cni_bridge)"
+  fi
   if [ -e "$dir" ]; then
     # --one-file-system: never follow into anything still mounted.
     rm -rf --one-file-system -- "$dir" || die "could not remove $dir"

@@ -13,6 +13,8 @@
 #                        containers get their root over virtio-fs)
 #   HUSK_BUSYBOX_OCI     a busybox OCI image archive for `ctr images import`
 #                        (docker.io/husk/busybox:latest)
+#   HUSK_PAUSE_OCI       the pod sandbox image for CRI (husk.local/pause:1),
+#                        husk-pause as /pause
 # Progress goes to stderr.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,12 +23,13 @@ mkdir -p "$cache/images"
 
 kernel=$("$root/guest-kernel-config/build.sh" | tail -n1)
 
-echo "guest-assets: building the static guest programs (self-test, husk-agent)" >&2
+echo "guest-assets: building the static guest programs (self-test, husk-agent, husk-pause)" >&2
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile guest -p husk-agent \
   --target x86_64-unknown-linux-gnu --target-dir "$root/target/guest" \
   --manifest-path "$root/Cargo.toml" >&2
 selftest="$root/target/guest/x86_64-unknown-linux-gnu/guest/husk-guest-selftest"
 agent="$root/target/guest/x86_64-unknown-linux-gnu/guest/husk-agent"
+pause="$root/target/guest/x86_64-unknown-linux-gnu/guest/husk-pause"
 
 if [ ! -x /bin/busybox ]; then
   echo "guest-assets: installing busybox-static" >&2
@@ -71,13 +74,28 @@ pmem_image=$(cached selftest.erofs build-pmem-image.sh "$selftest" /bin/busybox:
 agent_initrd=$(cached agent-busybox.cpio build-initramfs.sh "$agent" "$stage/rootfs:/containers/busybox/rootfs")
 agent_image=$(cached agent.erofs build-pmem-image.sh "$agent")
 
-oci_key=$(sha256sum "$root/rootfs/build-busybox-oci.sh" "$root/rootfs/build-busybox-rootfs.sh" /bin/busybox | sha256sum | cut -c1-16)
-busybox_oci="$cache/images/$oci_key/busybox-oci.tar"
-if [ ! -s "$busybox_oci" ]; then
-  mkdir -p "$(dirname "$busybox_oci")"
-  "$root/rootfs/build-busybox-oci.sh" "$busybox_oci.tmp.$$" >/dev/null
-  mv "$busybox_oci.tmp.$$" "$busybox_oci"
-fi
+# oci_image NAME KEY_INPUT... -- BUILD_COMMAND...: an OCI archive cached by
+# the hash of its inputs; prints its path.
+oci_image() {
+  local name=$1 inputs=() key out
+  shift
+  while [ "$1" != -- ]; do inputs+=("$1"); shift; done
+  shift
+  key=$(sha256sum "${inputs[@]}" | sha256sum | cut -c1-16)
+  out="$cache/images/$key/$name"
+  if [ ! -s "$out" ]; then
+    echo "guest-assets: building $name ($key)" >&2
+    mkdir -p "$(dirname "$out")"
+    "$@" "$out.tmp.$$" >/dev/null
+    mv "$out.tmp.$$" "$out"
+  fi
+  echo "$out"
+}
+busybox_oci=$(oci_image busybox-oci.tar "$root/rootfs/build-busybox-oci.sh" "$root/rootfs/build-oci-image.sh" \
+  "$root/rootfs/build-busybox-rootfs.sh" /bin/busybox -- "$root/rootfs/build-busybox-oci.sh")
+build_pause() { "$root/rootfs/build-pause-oci.sh" "$1" "$pause"; }
+pause_oci=$(oci_image pause-oci.tar "$root/rootfs/build-pause-oci.sh" "$root/rootfs/build-oci-image.sh" "$pause" \
+  -- build_pause)
 
 echo "HUSK_KERNEL=$kernel"
 echo "HUSK_INITRD=$initrd"
@@ -86,3 +104,4 @@ echo "HUSK_PMEM_IMAGE=$pmem_image"
 echo "HUSK_AGENT_INITRD=$agent_initrd"
 echo "HUSK_AGENT_IMAGE=$agent_image"
 echo "HUSK_BUSYBOX_OCI=$busybox_oci"
+echo "HUSK_PAUSE_OCI=$pause_oci"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds a one-layer OCI image archive of Debian's busybox-static, for
-# containerd end-to-end tests that must run without a registry or network:
+# Builds a one-layer OCI image archive of Debian's busybox-static (through
+# build-oci-image.sh, which says how the archive is made and named):
 #
 #   build-busybox-oci.sh OUT.tar [NAME:TAG]     (default docker.io/husk/busybox:latest)
 #   ctr images import OUT.tar                    -> image NAME:TAG (normalised)
@@ -9,40 +9,7 @@
 # /bin/<applet> symlink per applet, /etc/passwd and /etc/group with root),
 # plus what runc and a VM runtime mount over or bind into: empty /proc, /sys,
 # /dev, /run, /tmp (1777) and empty /etc/hostname, /etc/hosts,
-# /etc/resolv.conf.
-#
-# OUT.tar is an OCI image layout (oci-layout, index.json, blobs/sha256/...):
-# index -> manifest -> config + one layer. Image config: Cmd ["sh"], Env PATH,
-# WorkingDir /, os linux, the host's architecture (amd64 here), rootfs.diff_ids.
-#
-# The name: ctr 1.6.20 `images import` names an OCI manifest after its
-# `io.containerd.image.name` annotation if present, verbatim (ctr does not
-# normalise: "husk/busybox:x" stays "husk/busybox:x", and `ctr run` looks
-# names up exactly, so the script normalises NAME itself, docker-style:
-# husk/busybox -> docker.io/husk/busybox:latest, which is also the form CRI
-# looks up). Without it ctr uses `org.opencontainers.image.ref.name`:
-# a full reference verbatim, a bare tag such as "latest" prefixed with
-# --base-name or else "import-YYYY-MM-DD"; with neither annotation it
-# imports nothing, silently. The index descriptor carries both, the way
-# `ctr images export` writes them: io.containerd.image.name=NAME and
-# org.opencontainers.image.ref.name=TAG. A plain `ctr images import OUT.tar`
-# then creates exactly NAME; no --base-name or --index-name is needed (any
-# --base-name still imports NAME; --index-name X would add an image X for
-# the index itself).
-#
-# The layer is an uncompressed tar (application/vnd.oci.image.layer.v1.tar):
-# its digest is its diff_id, the archive is reproducible whatever zlib
-# version the host has (gzip output is not guaranteed stable across zlib
-# versions, which would break caching by input hash), and it is only ~2 MiB,
-# since busybox is the only real file. containerd unpacks either kind.
-#
-# Output is deterministic for identical inputs: every entry sorted by name,
-# mtime SOURCE_DATE_EPOCH (default 0), uid/gid 0 without user names, modes
-# normalised (dirs 0755, /tmp 1777, executables 0755, other files 0644), no
-# pax/atime/ctime records, and JSON with sorted keys and no whitespace.
-#
-# Needs bash, coreutils and python3 (tarfile/hashlib/json); no network.
-# Prints OUT.tar on stdout; progress goes to stderr.
+# /etc/resolv.conf. Image config: Cmd ["sh"], Env PATH, WorkingDir /.
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
   echo "usage: $0 OUT.tar [NAME:TAG]" >&2
@@ -51,13 +18,6 @@ fi
 out=$1
 name=${2:-docker.io/husk/busybox:latest}
 here=$(cd "$(dirname "$0")" && pwd)
-command -v python3 >/dev/null || { echo "build-busybox-oci: python3 is required" >&2; exit 1; }
-
-case "$(dpkg --print-architecture 2>/dev/null || uname -m)" in
-  amd64 | x86_64) arch=amd64 ;;
-  arm64 | aarch64) arch=arm64 ;;
-  *) echo "build-busybox-oci: unsupported host architecture $(uname -m)" >&2; exit 1 ;;
-esac
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -68,117 +28,6 @@ mkdir -p "$stage/rootfs"/{run,tmp,proc,sys,dev}
 : >"$stage/rootfs/etc/hosts"
 : >"$stage/rootfs/etc/resolv.conf"
 
-echo "build-busybox-oci: writing $out ($name, $arch)" >&2
-mkdir -p "$(dirname "$out")"
-python3 - "$stage/rootfs" "$out.tmp" "$name" "$arch" "${SOURCE_DATE_EPOCH:-0}" <<'PY'
-import datetime, hashlib, io, json, os, re, stat, sys, tarfile
-
-rootfs, out, name, arch, epoch = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-
-def normalise(ref):
-    """Docker-style reference normalisation, as containerd stores names:
-    husk/busybox -> docker.io/husk/busybox:latest, busybox -> docker.io/library/busybox:latest."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]*", ref):
-        sys.exit(f"build-busybox-oci: invalid image name {ref!r}")
-    first, _, rest = ref.partition("/")
-    if not rest or ("." not in first and ":" not in first and first != "localhost"):
-        ref = "docker.io/" + ref
-        if "/" not in ref[len("docker.io/"):]:
-            ref = "docker.io/library/" + ref[len("docker.io/"):]
-    last = ref.rsplit("/", 1)[1]
-    if ":" not in last and "@" not in last:
-        ref += ":latest"
-    return ref
-
-name = normalise(name)
-tag = name.rsplit("/", 1)[1].partition(":")[2].partition("@")[0] or "latest"
-
-def info(tname, typ, mode, size=0, linkname=""):
-    ti = tarfile.TarInfo(tname)
-    ti.type, ti.mode, ti.size, ti.linkname = typ, mode, size, linkname
-    ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = epoch, 0, 0, "", ""
-    return ti
-
-def layer_bytes():
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(rootfs):
-        for n in dirnames + filenames:
-            full = os.path.join(dirpath, n)
-            entries.append(os.path.relpath(full, rootfs))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for rel in sorted(entries):
-            full = os.path.join(rootfs, rel)
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                tf.addfile(info(rel, tarfile.SYMTYPE, 0o777, linkname=os.readlink(full)))
-            elif stat.S_ISDIR(st.st_mode):
-                tf.addfile(info(rel, tarfile.DIRTYPE, 0o1777 if rel == "tmp" else 0o755))
-            elif stat.S_ISREG(st.st_mode):
-                mode = 0o755 if st.st_mode & 0o100 else 0o644
-                with open(full, "rb") as f:
-                    tf.addfile(info(rel, tarfile.REGTYPE, mode, st.st_size), f)
-            else:
-                sys.exit(f"build-busybox-oci: unexpected file type in rootfs: {rel}")
-    return buf.getvalue()
-
-def jbytes(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-def digest(b):
-    return "sha256:" + hashlib.sha256(b).hexdigest()
-
-blobs = {}
-def blob(media_type, b):
-    d = digest(b)
-    blobs[d] = b
-    return {"mediaType": media_type, "digest": d, "size": len(b)}
-
-layer = layer_bytes()
-created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-config = {
-    "architecture": arch,
-    "os": "linux",
-    "created": created,
-    "config": {
-        "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-        "Cmd": ["sh"],
-        "WorkingDir": "/",
-    },
-    "rootfs": {"type": "layers", "diff_ids": [digest(layer)]},
-    "history": [{"created": created, "created_by": "husk rootfs/build-busybox-oci.sh (Debian busybox-static)"}],
-}
-manifest = {
-    "schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": blob("application/vnd.oci.image.config.v1+json", jbytes(config)),
-    "layers": [blob("application/vnd.oci.image.layer.v1.tar", layer)],
-}
-mdesc = blob("application/vnd.oci.image.manifest.v1+json", jbytes(manifest))
-mdesc["platform"] = {"architecture": arch, "os": "linux"}
-mdesc["annotations"] = {
-    "io.containerd.image.name": name,
-    "org.opencontainers.image.ref.name": tag,
-}
-index = {
-    "schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.index.v1+json",
-    "manifests": [mdesc],
-}
-
-files = {
-    "oci-layout": jbytes({"imageLayoutVersion": "1.0.0"}),
-    "index.json": jbytes(index),
-}
-for d, b in blobs.items():
-    files["blobs/sha256/" + d.split(":", 1)[1]] = b
-with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tf:
-    for dname in ("blobs", "blobs/sha256"):
-        tf.addfile(info(dname, tarfile.DIRTYPE, 0o755))
-    for fname in sorted(files):
-        b = files[fname]
-        tf.addfile(info(fname, tarfile.REGTYPE, 0o644, len(b)), io.BytesIO(b))
-print(f"build-busybox-oci: {name} manifest {mdesc['digest']} layer {digest(layer)} ({len(layer)} bytes)", file=sys.stderr)
-PY
-mv -f "$out.tmp" "$out"
-echo "$out"
+config='{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"],"WorkingDir":"/"}'
+"$here/build-oci-image.sh" "$stage/rootfs" "$out" "$name" "$config" \
+  "husk rootfs/build-busybox-oci.sh (Debian busybox-static)"
