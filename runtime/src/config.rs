@@ -231,6 +231,15 @@ impl HuskConfig {
                 format!("is more than guest.max_memory ({}M)", g.max_memory >> 20),
             ));
         }
+        let state_dir = &self.runtime.state_dir;
+        let max = crate::sandbox::dir::MAX_STATE_DIR_LEN;
+        if state_dir.as_os_str().len() > max {
+            return Err(bad(
+                "runtime.state_dir",
+                state_dir.display().to_string(),
+                format!("is longer than {max} bytes: the sandboxes' vsock sockets below it would not fit in a Unix socket path"),
+            ));
+        }
         if g.memory < husk_vmm::layout::MIN_MEM_BYTES {
             return Err(bad(
                 "guest.memory",
@@ -354,6 +363,12 @@ mod tests {
         );
         let err = parse("[guest\n").unwrap_err().to_string();
         assert!(err.contains("not valid"), "{err}");
+        let long = format!("[runtime]\nstate_dir = \"/{}\"\n", "d".repeat(60));
+        let err = parse(&long).unwrap_err().to_string();
+        assert!(
+            err.contains("runtime.state_dir") && err.contains("socket path"),
+            "{err}"
+        );
     }
 
     #[test]

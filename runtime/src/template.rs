@@ -28,7 +28,9 @@ use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use crate::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 use crate::config::{GuestBoot, HuskConfig, TemplateMode};
 use crate::sandbox::size::VmSize;
-use crate::sandbox::{ctx, start_and_wait_ready, RPC_TIMEOUT};
+use crate::sandbox::{
+    ctx, guest_vm_config, sandbox_vm_signature, start_and_wait_ready, RPC_TIMEOUT,
+};
 use crate::sandbox::{SandboxDir, SandboxError};
 
 /// Which template a sandbox of `size` starts from, making the config's
@@ -127,7 +129,12 @@ pub fn create(
     let work = SandboxDir::new(out, "boot");
     work.create()?;
     let result = (|| {
-        let vm = start_and_wait_ready("template", config, size, &work, timeout)?;
+        let vm = start_and_wait_ready(
+            "template",
+            &guest_vm_config(config, size, &work, None),
+            &work,
+            timeout,
+        )?;
         // Held open through the snapshot: each clone's first agent client
         // takes this connection over (see husk_devices::vsock::VsockSnapshot).
         let _agent = match link {
@@ -162,7 +169,8 @@ fn checked_agent(work: &SandboxDir) -> Result<AgentServiceClient, SandboxError> 
 }
 
 /// What a template depends on, hashed: kernel and image (path, size,
-/// mtime: cheap, and any rewrite changes them), size, command line, husk.
+/// mtime: cheap, and any rewrite changes them), size, the sandbox VM's
+/// command line and devices, husk and the template format.
 fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
     let g = &config.guest;
     let image = match g.boot {
@@ -189,6 +197,7 @@ fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
         g.compat,
         env!("CARGO_PKG_VERSION")
     ));
+    h.update(sandbox_vm_signature(config, size));
     h.update(husk_vmm::snapshot::format::FORMAT_VERSION.to_le_bytes());
     Ok(h.finalize()
         .iter()

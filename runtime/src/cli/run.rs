@@ -18,7 +18,6 @@ use anyhow::{bail, Context};
 use clap::Args;
 use husk_agent_protocol::agent;
 use husk_runtime::config::HuskConfig;
-use husk_runtime::sandbox::size::vm_size;
 use husk_runtime::sandbox::spec::BundleSpec;
 use husk_runtime::sandbox::{
     blocking_ctx, ctx, NewContainer, Sandbox, SandboxSettings, RPC_TIMEOUT,
@@ -59,7 +58,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let config = HuskConfig::load(args.config.as_deref(), None)?;
     let spec = BundleSpec::load(&bundle)?;
-    let size = vm_size(&config, &spec.annotations(), spec.memory_limit())?;
+    let settings = SandboxSettings::for_bundle(&id, &config, &spec)?;
+    let size = settings.size;
     if args.detach {
         detach(&config, &id)?;
     }
@@ -72,13 +72,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         size.vcpus,
         size.mem_bytes >> 20
     );
-    let settings = SandboxSettings {
-        id: id.clone(),
-        config: config.clone(),
-        size,
-        hostname: spec.spec.hostname().clone(),
-        boot_timeout: Duration::from_secs(config.runtime.boot_timeout_secs),
-    };
     let sandbox = Sandbox::boot(&settings)?;
     let t = sandbox.timings();
     eprintln!(

@@ -20,7 +20,9 @@ use husk_vmm::{ConsoleTarget, PmemSpec, VmConfig, VmHandle};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::dir::{SandboxDir, SHARED_FS_TAG};
-use super::size::VmSize;
+use super::host::{release_recorded, HostResources};
+use super::size::{vm_size, VmSize};
+use super::spec::{BundleSpec, SandboxNetwork};
 use super::{ctx, Sandbox, SandboxError, RPC_TIMEOUT};
 use crate::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 use crate::config::{GuestBoot, HuskConfig};
@@ -41,6 +43,31 @@ pub struct SandboxSettings {
     pub hostname: Option<String>,
     /// How long the agent may take to be ready.
     pub boot_timeout: Duration,
+    /// The pod's network namespace, or none.
+    pub network: SandboxNetwork,
+    /// The host cgroup the husk process joins (`linux.cgroupsPath`).
+    pub cgroups_path: Option<String>,
+}
+
+impl SandboxSettings {
+    /// The settings a bundle's spec asks for: its size (annotations and
+    /// memory limit, within the config's maximums), hostname, network and
+    /// host cgroup.
+    pub fn for_bundle(
+        id: &str,
+        config: &HuskConfig,
+        spec: &BundleSpec,
+    ) -> Result<Self, SandboxError> {
+        Ok(Self {
+            id: id.to_string(),
+            config: config.clone(),
+            size: vm_size(config, &spec.annotations(), spec.memory_limit())?,
+            hostname: spec.spec.hostname().clone(),
+            boot_timeout: Duration::from_secs(config.runtime.boot_timeout_secs),
+            network: spec.network()?,
+            cgroups_path: spec.cgroups_path(),
+        })
+    }
 }
 
 /// When each start-up phase was reached.
@@ -59,10 +86,16 @@ impl Sandbox {
         s.config.check_guest_files()?;
         let template = crate::template::resolve(&s.config, s.size, s.boot_timeout)?;
         let dir = SandboxDir::new(&s.config.runtime.state_dir, &s.id);
-        // A directory left by a crashed runtime for this id goes first.
+        // What a crashed runtime left for this id goes first.
+        release_recorded(&dir);
         dir.remove()?;
         dir.create()?;
-        let result = boot_in(s, &dir, started, template.as_deref());
+        let result = HostResources::acquire(&dir, s.cgroups_path.as_deref(), &s.network)
+            .map_err(|e| SandboxError::Host {
+                id: s.id.clone(),
+                source: e,
+            })
+            .and_then(|host| boot_in(s, &dir, started, template.as_deref(), host));
         if result.is_err() {
             if let Err(e) = dir.remove() {
                 tracing::warn!(sandbox = %s.id, "removing the directory of a failed boot: {e}");
@@ -72,15 +105,43 @@ impl Sandbox {
     }
 }
 
+/// Boots the VM with `host`'s resources; they are released if it fails.
 fn boot_in(
     s: &SandboxSettings,
     dir: &SandboxDir,
     started: Instant,
     template: Option<&Path>,
+    mut host: HostResources,
 ) -> Result<Sandbox, SandboxError> {
+    let result = boot_with(s, dir, started, template, &host);
+    match result {
+        Ok((vm, agent, timings)) => Ok(Sandbox {
+            id: s.id.clone(),
+            dir: dir.clone(),
+            vm: std::sync::Mutex::new(Some(vm)),
+            agent,
+            timings,
+            host: std::sync::Mutex::new(host),
+        }),
+        Err(e) => {
+            host.release();
+            Err(e)
+        }
+    }
+}
+
+fn boot_with(
+    s: &SandboxSettings,
+    dir: &SandboxDir,
+    started: Instant,
+    template: Option<&Path>,
+    host: &HostResources,
+) -> Result<(VmHandle, AgentServiceClient, BootTimings), SandboxError> {
+    let mut config = guest_vm_config(&s.config, s.size, dir, template);
+    config.net = vec![host.nic()];
     let vm = match template {
-        None => start_and_wait_ready(&s.id, &s.config, s.size, dir, s.boot_timeout)?,
-        Some(t) => start_vm(&s.id, &guest_vm_config(&s.config, s.size, dir, Some(t)))?,
+        None => start_and_wait_ready(&s.id, &config, dir, s.boot_timeout)?,
+        Some(_) => start_vm(&s.id, &config)?,
     };
     let agent_ready = Instant::now();
     let agent =
@@ -102,22 +163,44 @@ fn boot_in(
     agent
         .create_sandbox(ctx(RPC_TIMEOUT), &req)
         .map_err(|e| SandboxError::rpc(format!("sandbox {}: CreateSandbox", s.id), e))?;
+    if let Some(net) = host.network() {
+        configure_guest_network(&s.id, &agent, net)?;
+    }
     tracing::info!(
         sandbox = %s.id,
         from_template = template.is_some(),
         ready_ms = agent_ready.duration_since(started).as_millis() as u64,
         "agent ready"
     );
-    Ok(Sandbox {
-        id: s.id.clone(),
-        dir: dir.clone(),
-        vm: std::sync::Mutex::new(Some(vm)),
-        agent,
-        timings: BootTimings {
-            started,
-            agent_ready,
-        },
-    })
+    let timings = BootTimings {
+        started,
+        agent_ready,
+    };
+    Ok((vm, agent, timings))
+}
+
+/// The agent gives the guest's NIC the CNI interface's name, MAC, MTU and
+/// addresses, then its routes.
+fn configure_guest_network(
+    id: &str,
+    agent: &AgentServiceClient,
+    net: &crate::network::PodNetwork,
+) -> Result<(), SandboxError> {
+    agent
+        .update_interface(ctx(RPC_TIMEOUT), &net.guest.update_interface_request())
+        .map_err(|e| SandboxError::rpc(format!("sandbox {id}: UpdateInterface"), e))?;
+    agent
+        .update_routes(ctx(RPC_TIMEOUT), &net.guest.update_routes_request())
+        .map_err(|e| SandboxError::rpc(format!("sandbox {id}: UpdateRoutes"), e))?;
+    tracing::info!(
+        sandbox = %id,
+        iface = %net.guest.iface_name,
+        mac = %net.guest.mac_string(),
+        addresses = net.guest.addresses.len(),
+        routes = net.guest.routes.len(),
+        "guest network configured"
+    );
+    Ok(())
 }
 
 fn start_vm(id: &str, config: &VmConfig) -> Result<VmHandle, SandboxError> {
@@ -135,11 +218,11 @@ fn start_vm(id: &str, config: &VmConfig) -> Result<VmHandle, SandboxError> {
     Ok(vm)
 }
 
-/// Cold-boots a sandbox VM in `dir` and waits for the agent's ready call.
+/// Cold-boots a sandbox VM (`config`, in `dir`) and waits for the agent's
+/// ready call.
 pub fn start_and_wait_ready(
     id: &str,
-    config: &HuskConfig,
-    size: VmSize,
+    config: &VmConfig,
     dir: &SandboxDir,
     timeout: Duration,
 ) -> Result<VmHandle, SandboxError> {
@@ -147,7 +230,7 @@ pub fn start_and_wait_ready(
         id: id.to_string(),
         source,
     })?;
-    let vm = start_vm(id, &guest_vm_config(config, size, dir, None))?;
+    let vm = start_vm(id, config)?;
     wait_ready(id, timeout, dir, &ready, &vm)?;
     Ok(vm)
 }
@@ -176,7 +259,8 @@ fn make_clone_its_own(id: &str, agent: &AgentServiceClient) -> Result<(), Sandbo
 }
 
 /// The VM of a sandbox: the guest image, the vsock device, the one
-/// virtio-fs device for the shared directory; from `template` if given.
+/// virtio-fs device for the shared directory, a NIC with nothing behind
+/// it; from `template` if given.
 pub fn guest_vm_config(
     config: &HuskConfig,
     size: VmSize,
@@ -209,9 +293,25 @@ pub fn guest_vm_config(
         }),
         pmem,
         fs: vec![husk_vmm::FsConfig::new(SHARED_FS_TAG, &dir.shared())],
-        net: Vec::new(),
+        // One card, as every sandbox has (`HostResources::nic`).
+        net: vec![HostResources::unconnected_nic()],
         template: template.map(Path::to_path_buf),
     }
+}
+
+/// What a template of a sandbox VM depends on beyond its kernel, image and
+/// size: the command line and the devices (kinds, order, the NIC's MTU), so
+/// a husk whose sandbox VMs differ never restores another's template.
+pub fn sandbox_vm_signature(config: &HuskConfig, size: VmSize) -> String {
+    let c = guest_vm_config(config, size, &SandboxDir::new(Path::new("/"), "-"), None);
+    let fs: Vec<&str> = c.fs.iter().map(|f| f.tag.as_str()).collect();
+    let net: Vec<u16> = c.net.iter().map(|n| n.mtu).collect();
+    format!(
+        "cmdline={:?} vsock={} fs={fs:?} pmem={} net={net:?}",
+        c.cmdline,
+        c.vsock.is_some(),
+        c.pmem.len()
+    )
 }
 
 /// Waits for the agent's `READY` line, the VM's end or the timeout.

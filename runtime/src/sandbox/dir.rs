@@ -11,10 +11,20 @@
 //!
 //! Removing it unmounts whatever is still mounted below it first, so a
 //! crashed runtime's directory can be removed by the next one.
+//!
+//! The vsock device binds Unix sockets in the directory (`vsock.sock_<port>`
+//! for each guest-initiated port), and a socket path holds at most 107
+//! bytes. CRI's sandbox ids are 64 characters, so a sandbox whose
+//! `<state_dir>/sandboxes/<id>` would be too long is named
+//! `<first 12 characters of id>-<first 16 hex digits of sha256(id)>`
+//! instead: still recognisable, deterministic (so `delete` finds it from
+//! the id alone) and collision-free in practice. The config refuses a
+//! `state_dir` too long even for that (`MAX_STATE_DIR_LEN`).
 
 use std::path::{Path, PathBuf};
 
 use husk_agent_protocol::{GUEST_SHARED_DIR, READY_VSOCK_PORT};
+use sha2::{Digest, Sha256};
 
 use super::mounts::{remove_tree, MountError};
 
@@ -26,10 +36,26 @@ pub struct SandboxDir {
     root: PathBuf,
 }
 
+/// Longest sandbox directory path: its longest socket,
+/// `<root>/vsock.sock_4294967295`, must fit in sun_path (107 bytes + NUL).
+const MAX_ROOT_LEN: usize = 107 - "/vsock.sock_4294967295".len();
+/// Length of a shortened directory name (`<12 chars>-<16 hex>`).
+const SHORT_NAME_LEN: usize = 12 + 1 + 16;
+/// Longest `runtime.state_dir` with which every sandbox directory fits.
+pub const MAX_STATE_DIR_LEN: usize = MAX_ROOT_LEN - "/sandboxes/".len() - SHORT_NAME_LEN;
+
 impl SandboxDir {
     pub fn new(state_dir: &Path, sandbox_id: &str) -> Self {
+        let sandboxes = state_dir.join("sandboxes");
+        let full = sandboxes.join(sandbox_id);
+        if full.as_os_str().len() <= MAX_ROOT_LEN {
+            return Self { root: full };
+        }
+        let digest = Sha256::digest(sandbox_id.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let prefix: String = sandbox_id.chars().take(12).collect();
         Self {
-            root: state_dir.join("sandboxes").join(sandbox_id),
+            root: sandboxes.join(format!("{prefix}-{hex}")),
         }
     }
 
@@ -75,6 +101,37 @@ impl SandboxDir {
     /// Unmounts everything below the directory, then removes it.
     pub fn remove(&self) -> Result<(), MountError> {
         remove_tree(&self.root)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_get_short_directories_that_fit_a_socket_path() {
+        let state = Path::new("/run/husk");
+        assert_eq!(
+            SandboxDir::new(state, "pod1").path(),
+            Path::new("/run/husk/sandboxes/pod1")
+        );
+        let long_state = PathBuf::from("/").join("s".repeat(MAX_STATE_DIR_LEN - 1));
+        let id = "f".repeat(64);
+        let other = format!("{}e", "f".repeat(63));
+        let a = SandboxDir::new(&long_state, &id);
+        let b = SandboxDir::new(&long_state, &other);
+        assert_ne!(a, b, "ids that share a prefix get different directories");
+        assert_eq!(a, SandboxDir::new(&long_state, &id), "deterministic");
+        for d in [&a, &b] {
+            let longest = d.root.join("vsock.sock_4294967295");
+            assert!(longest.as_os_str().len() <= 107, "{}", longest.display());
+            assert!(d
+                .root
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ffffffffffff-"));
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! - `boot`: starting the VM and waiting for the agent's ready call.
 //! - `container`: adding and removing containers (host mounts + agent RPCs).
 //! - `dir`: the sandbox's host directory layout.
+//! - `host`: the host resources a sandbox holds (cgroup, pod network),
+//!   recorded for cleanup after a crash; `host_cgroup`: the cgroup part.
 //! - `mounts`: host mount handling (rootfs, binds, teardown).
 //! - `size`: the VM's vCPUs and memory.
 //! - `spec`: the bundle's OCI spec and the guest's version of it.
@@ -12,6 +14,8 @@
 mod boot;
 mod container;
 pub mod dir;
+pub mod host;
+pub mod host_cgroup;
 pub mod mounts;
 pub mod size;
 pub mod spec;
@@ -24,7 +28,9 @@ use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc;
 use husk_vmm::VmHandle;
 
-pub use boot::{guest_vm_config, start_and_wait_ready, BootTimings, SandboxSettings};
+pub use boot::{
+    guest_vm_config, sandbox_vm_signature, start_and_wait_ready, BootTimings, SandboxSettings,
+};
 pub use container::NewContainer;
 pub use dir::SandboxDir;
 
@@ -75,6 +81,8 @@ pub enum SandboxError {
     Rpc { what: String, message: String },
     #[error("template: {0}")]
     Template(String),
+    #[error("sandbox {id}: {source}")]
+    Host { id: String, source: host::HostError },
 }
 
 impl SandboxError {
@@ -97,6 +105,7 @@ pub struct Sandbox {
     vm: Mutex<Option<VmHandle>>,
     agent: AgentServiceClient,
     timings: BootTimings,
+    host: Mutex<host::HostResources>,
 }
 
 pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
@@ -151,8 +160,17 @@ impl Sandbox {
     /// the VM stops, and the sandbox directory goes, mounts and all.
     pub fn shutdown(&self) -> Result<(), SandboxError> {
         self.stop_vm();
+        self.release_host();
         self.dir.remove()?;
         Ok(())
+    }
+
+    /// The pod network and host cgroup go once the VM is gone.
+    fn release_host(&self) {
+        self.host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release();
     }
 
     fn stop_vm(&self) {
@@ -195,6 +213,7 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         if self.vm().is_some() {
             self.stop_vm();
+            self.release_host();
             if let Err(e) = self.dir.remove() {
                 tracing::warn!(sandbox = %self.id, "removing the sandbox directory: {e}");
             }

@@ -38,6 +38,26 @@ pub enum SpecError {
     },
     #[error("cannot encode the guest's OCI spec: {0}")]
     Encode(String),
+    #[error(
+        "the spec asks for the host's network ({why}): a husk sandbox's network is its \
+         VM's own, so it cannot share the host's; give the container a network namespace \
+         (Kubernetes: hostNetwork: false)"
+    )]
+    HostNetwork { why: String },
+    #[error("the spec's network namespace {path} cannot be used: {source}")]
+    Netns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The network a sandbox's VM gets, from the spec's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxNetwork {
+    /// A new, empty namespace (no path): the guest's NIC has nothing behind it.
+    Isolated,
+    /// The pod's namespace (CRI's), where the CNI put the pod's interface.
+    Pod(PathBuf),
 }
 
 /// Which sandbox a container belongs to.
@@ -93,6 +113,53 @@ impl BundleSpec {
                 .ok_or(SpecError::NoSandboxId),
             _ => Ok(SandboxRole::Own),
         }
+    }
+
+    /// The sandbox's network; the host's is refused (no network namespace,
+    /// or a path to the namespace husk itself runs in).
+    pub fn network(&self) -> Result<SandboxNetwork, SpecError> {
+        use std::os::unix::fs::MetadataExt;
+        let entry = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|list| {
+                list.iter()
+                    .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+            });
+        let Some(entry) = entry else {
+            return Err(SpecError::HostNetwork {
+                why: "it has no network namespace".into(),
+            });
+        };
+        let Some(path) = entry.path() else {
+            return Ok(SandboxNetwork::Isolated);
+        };
+        let meta = |p: &Path| {
+            std::fs::metadata(p).map_err(|source| SpecError::Netns {
+                path: path.clone(),
+                source,
+            })
+        };
+        let (theirs, ours) = (meta(path)?, meta(Path::new("/proc/self/ns/net"))?);
+        if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+            return Err(SpecError::HostNetwork {
+                why: format!("its network namespace {} is the host's", path.display()),
+            });
+        }
+        Ok(SandboxNetwork::Pod(path.clone()))
+    }
+
+    /// `linux.cgroupsPath`, if any.
+    pub fn cgroups_path(&self) -> Option<String> {
+        self.spec
+            .linux()
+            .as_ref()?
+            .cgroups_path()
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .filter(|p| !p.is_empty())
     }
 
     /// The container's memory limit in bytes, if it has a positive one.
@@ -254,6 +321,29 @@ mod tests {
         assert!(ns.iter().all(|n| n.path().is_none()));
         assert!(ns.iter().all(|n| n.typ() != LinuxNamespaceType::Network));
         assert!(linux.cgroups_path().is_none());
+    }
+
+    #[test]
+    fn the_host_network_is_refused() {
+        let with_ns = |ns: &str| {
+            bundle(&format!(
+                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{{"type":"pid"}}{ns}]}}}}"#
+            ))
+        };
+        let (_d, b) = with_ns("");
+        let err = b.network().unwrap_err().to_string();
+        assert!(
+            err.contains("host's network") && err.contains("no network namespace"),
+            "{err}"
+        );
+        let (_d, b) = with_ns(r#",{"type":"network","path":"/proc/self/ns/net"}"#);
+        let err = b.network().unwrap_err().to_string();
+        assert!(err.contains("is the host's"), "{err}");
+        let (_d, b) = with_ns(r#",{"type":"network","path":"/nonexistent/netns"}"#);
+        let err = b.network().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/netns"), "{err}");
+        let (_d, b) = with_ns(r#",{"type":"network"}"#);
+        assert_eq!(b.network().unwrap(), SandboxNetwork::Isolated);
     }
 
     #[test]

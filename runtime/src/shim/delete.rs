@@ -5,7 +5,8 @@
 //! husk process was killed or crashed) and after a failed create, with a
 //! 5 s limit; its stdout must be a `DeleteResponse`. Whatever the shim left
 //! goes: the container's rootfs mount, and, if the sandbox's shim is dead,
-//! the whole sandbox directory (its mounts first) and the shim's socket.
+//! its host resources (the pod network's tc filters, the host cgroup), the
+//! whole sandbox directory (its mounts first) and the shim's socket.
 //! The VM died with its process, so there is nothing else to stop. The exit
 //! status reported is 128 + SIGKILL, as runc's shim reports a killed task.
 
@@ -19,6 +20,7 @@ use containerd_shim_protos::protobuf::Message;
 use super::args::ShimArgs;
 use super::start::{is_live, socket_path};
 use super::state::BundleState;
+use crate::sandbox::host::release_recorded;
 use crate::sandbox::mounts::unmount_all_under;
 use crate::sandbox::SandboxDir;
 
@@ -36,9 +38,9 @@ pub fn run(args: &ShimArgs) -> anyhow::Result<()> {
         }
         let socket = socket_path(&args.address, &args.namespace, &state.sandbox_id);
         if !is_live(&socket) {
-            SandboxDir::new(&state.state_dir, &state.sandbox_id)
-                .remove()
-                .context("removing the sandbox directory")?;
+            let dir = SandboxDir::new(&state.state_dir, &state.sandbox_id);
+            release_recorded(&dir);
+            dir.remove().context("removing the sandbox directory")?;
             let _ = std::fs::remove_file(&socket);
         }
         BundleState::remove(&bundle);

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use containerd_shim_protos::events::task::{TaskCreate, TaskOOM};
 use husk_agent_protocol::agent;
@@ -20,7 +19,6 @@ use super::process::{IoPaths, ProcessTask};
 use super::state::BundleState;
 use crate::config::HuskConfig;
 use crate::sandbox::mounts::{check_rootfs, RootfsMount};
-use crate::sandbox::size::vm_size;
 use crate::sandbox::spec::{BundleSpec, SandboxRole};
 use crate::sandbox::{blocking_ctx, NewContainer, Sandbox, SandboxSettings};
 
@@ -221,15 +219,8 @@ impl Shim {
         let option_path = config_path_option(req.options.as_ref());
         let config = HuskConfig::load(None, option_path.as_deref())
             .map_err(|e| TaskError::invalid(e.to_string()))?;
-        let size = vm_size(&config, &spec.annotations(), spec.memory_limit())
+        let settings = SandboxSettings::for_bundle(&self.sandbox_id, &config, spec)
             .map_err(|e| TaskError::invalid(e.to_string()))?;
-        let settings = SandboxSettings {
-            id: self.sandbox_id.clone(),
-            config: config.clone(),
-            size,
-            hostname: spec.spec.hostname().clone(),
-            boot_timeout: Duration::from_secs(config.runtime.boot_timeout_secs),
-        };
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
         let sandbox = Arc::new(Sandbox::boot(&settings)?);
         self.watch_oom(&sandbox);
