@@ -48,10 +48,24 @@ fn nix_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The pod sandbox image CRI is configured with (imported from the cache).
+pub const PAUSE_IMAGE: &str = "husk.local/pause:1";
+
 impl Containerd {
     /// Starts containerd in `/tmp/husk-ctrd-<name>-<pid>` and imports the
     /// busybox image.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, false)
+    }
+
+    /// Starts containerd with its CRI plugin and a CNI bridge network
+    /// (ci/containerd-env.sh), the busybox and pause images imported into
+    /// CRI's `k8s.io` namespace as well.
+    pub fn start_cri(name: &str) -> Self {
+        Self::start_with(name, true)
+    }
+
+    fn start_with(name: &str, cri: bool) -> Self {
         let assets = guest_assets();
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let base = PathBuf::from(format!("/tmp/husk-ctrd-{name}-{}", std::process::id()));
@@ -72,6 +86,8 @@ impl Containerd {
             .arg(&dir)
             .env("HUSK_SHIM_DIR", &shims)
             .env("HUSK_CONFIG", &config)
+            .env("HUSK_CONTAINERD_CRI", if cri { "1" } else { "0" })
+            .env("HUSK_CRI_SANDBOX_IMAGE", PAUSE_IMAGE)
             .stderr(Stdio::inherit())
             .output()
             .expect("running ci/containerd-env.sh start");
@@ -89,13 +105,29 @@ impl Containerd {
             state_dir,
             root: base,
         };
-        let import = c.ctr(&[
-            "images",
-            "import",
-            &assets.busybox_oci.display().to_string(),
-        ]);
-        assert!(import.status.success(), "import: {}", stderr(&import));
+        let mut imports = vec![vec!["images", "import"]];
+        if cri {
+            imports.push(vec!["-n", "k8s.io", "images", "import"]);
+        }
+        for args in imports {
+            let mut archives = vec![&assets.busybox_oci];
+            if cri {
+                archives.push(&assets.pause_oci);
+            }
+            for archive in archives {
+                let archive = archive.display().to_string();
+                let mut argv = args.clone();
+                argv.push(&archive);
+                let import = c.ctr(&argv);
+                assert!(import.status.success(), "import: {}", stderr(&import));
+            }
+        }
         c
+    }
+
+    /// containerd's CRI socket (the same gRPC socket as its own API).
+    pub fn cri_socket(&self) -> &Path {
+        &self.address
     }
 
     /// `ctr --address A ARGS`, bounded by CTR_TIMEOUT.

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod containerd;
+pub mod cri;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ pub struct GuestAssets {
     pub agent_image: PathBuf,
     /// A busybox OCI image archive (docker.io/husk/busybox:latest).
     pub busybox_oci: PathBuf,
+    /// The pod sandbox image for CRI (husk.local/pause:1).
+    pub pause_oci: PathBuf,
 }
 
 /// The kernel, initramfs and pmem images: from the environment (`make test` sets
@@ -38,6 +41,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             "HUSK_AGENT_INITRD",
             "HUSK_AGENT_IMAGE",
             "HUSK_BUSYBOX_OCI",
+            "HUSK_PAUSE_OCI",
         ]
         .iter()
         .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -68,6 +72,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             agent_initrd: vars["HUSK_AGENT_INITRD"].clone().into(),
             agent_image: vars["HUSK_AGENT_IMAGE"].clone().into(),
             busybox_oci: vars["HUSK_BUSYBOX_OCI"].clone().into(),
+            pause_oci: vars["HUSK_PAUSE_OCI"].clone().into(),
         }
     })
 }
