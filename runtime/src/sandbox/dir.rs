@@ -104,6 +104,21 @@ impl SandboxDir {
     }
 }
 
+/// A container's root in the guest.
+pub fn guest_rootfs(container_id: &str) -> PathBuf {
+    Path::new(GUEST_SHARED_DIR)
+        .join(container_id)
+        .join("rootfs")
+}
+
+/// Where the spec's `index`-th mount's host path is in the guest.
+pub fn guest_mount_source(container_id: &str, index: usize) -> PathBuf {
+    Path::new(GUEST_SHARED_DIR)
+        .join(container_id)
+        .join("mounts")
+        .join(index.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,19 +148,4 @@ mod tests {
                 .starts_with("ffffffffffff-"));
         }
     }
-}
-
-/// A container's root in the guest.
-pub fn guest_rootfs(container_id: &str) -> PathBuf {
-    Path::new(GUEST_SHARED_DIR)
-        .join(container_id)
-        .join("rootfs")
-}
-
-/// Where the spec's `index`-th mount's host path is in the guest.
-pub fn guest_mount_source(container_id: &str, index: usize) -> PathBuf {
-    Path::new(GUEST_SHARED_DIR)
-        .join(container_id)
-        .join("mounts")
-        .join(index.to_string())
 }
