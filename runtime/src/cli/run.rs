@@ -20,7 +20,7 @@ use husk_agent_protocol::agent;
 use husk_runtime::config::HuskConfig;
 use husk_runtime::sandbox::spec::BundleSpec;
 use husk_runtime::sandbox::{
-    blocking_ctx, ctx, NewContainer, Sandbox, SandboxSettings, RPC_TIMEOUT,
+    blocking_ctx, ctx, NewContainer, Sandbox, SandboxSettings, GUEST_WORK_TIMEOUT, RPC_TIMEOUT,
 };
 use husk_runtime::stdio::{Endpoint, ProcessId, ProcessStdio, StdioCopiers};
 use nix::sys::signal::{SigSet, Signal};
@@ -124,7 +124,7 @@ fn run_container(
         ..Default::default()
     };
     agent
-        .start_container(ctx(RPC_TIMEOUT), &start)
+        .start_container(ctx(GUEST_WORK_TIMEOUT), &start)
         .context("starting the container")?;
     if tty {
         super::terminal::send_size(agent, id);

@@ -13,7 +13,7 @@ use husk_agent_protocol::agent;
 use super::dir::{guest_mount_source, guest_rootfs};
 use super::mounts::{self, RootfsMount};
 use super::spec::BundleSpec;
-use super::{ctx, Sandbox, SandboxError, RPC_TIMEOUT};
+use super::{ctx, Sandbox, SandboxError, GUEST_WORK_TIMEOUT};
 
 /// A container to add.
 pub struct NewContainer<'a> {
@@ -74,7 +74,7 @@ impl Sandbox {
         };
         let resp = self
             .agent
-            .create_container(ctx(RPC_TIMEOUT), &req)
+            .create_container(ctx(GUEST_WORK_TIMEOUT), &req)
             .map_err(|e| SandboxError::rpc(format!("container {}: CreateContainer", c.id), e))?;
         tracing::info!(sandbox = %self.id, container = c.id, pid = resp.pid, "container created");
         Ok(resp.pid)
@@ -96,7 +96,7 @@ impl Sandbox {
             Ok(())
         } else {
             self.agent
-                .remove_container(ctx(RPC_TIMEOUT), &req)
+                .remove_container(ctx(GUEST_WORK_TIMEOUT), &req)
                 .map(|_| ())
                 .map_err(|e| SandboxError::rpc(format!("container {id}: RemoveContainer"), e))
         };

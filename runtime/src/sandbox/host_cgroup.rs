@@ -122,6 +122,10 @@ impl HostCgroup {
             match std::fs::remove_dir(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // A parent another sandbox's cgroup is still in.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    tracing::debug!(cgroup = %dir.display(), "still in use, kept")
+                }
                 Err(e) => tracing::warn!(cgroup = %dir.display(), "cannot remove: {e}"),
             }
         }

@@ -41,6 +41,14 @@ use crate::config::ConfigError;
 /// software-KVM host every guest system call costs ~300 us.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Timeout of an agent RPC that makes the guest do real work: creating,
+/// starting or removing a container, starting an exec. That costs tens of
+/// seconds of emulated guest kernel time on a software-KVM host, and
+/// several times more while other VMs or builds share its cores. containerd
+/// sets no deadline on Create; on the CRI path kubelet's own (2 to 4
+/// minutes) ends the request first.
+pub const GUEST_WORK_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(transparent)]

@@ -24,7 +24,7 @@ use super::events::TaskEvent;
 use super::process::{IoPaths, ProcessTask, Status as ProcStatus};
 use super::tasks::{CreateRequest, Shim};
 use crate::sandbox::mounts::RootfsMount;
-use crate::sandbox::{ctx, SandboxError, RPC_TIMEOUT};
+use crate::sandbox::{ctx, SandboxError, GUEST_WORK_TIMEOUT, RPC_TIMEOUT};
 
 pub struct TaskService {
     pub shim: Arc<Shim>,
@@ -33,9 +33,16 @@ pub struct TaskService {
 type Reply<T> = ttrpc::Result<T>;
 
 /// Logs a failure with the method's name and maps it to its status.
+/// Errors go to containerd; they are logged too, at debug for NOT_FOUND:
+/// containerd asks for what is not there yet or any more as a matter of
+/// course (State while a Create runs, Kill of an exec that has ended).
 fn reply<T>(method: &str, id: &str, r: Result<T, TaskError>) -> Reply<T> {
     r.map_err(|e| {
-        tracing::warn!(container = id, "{method}: {}", e.message);
+        if e.code == Code::NOT_FOUND {
+            tracing::debug!(container = id, "{method}: {}", e.message);
+        } else {
+            tracing::warn!(container = id, "{method}: {}", e.message);
+        }
         e.into()
     })
 }
@@ -122,7 +129,7 @@ impl TaskService {
                 ..Default::default()
             };
             agent
-                .start_container(ctx(RPC_TIMEOUT), &start)
+                .start_container(ctx(GUEST_WORK_TIMEOUT), &start)
                 .map_err(agent_err(format!("container {}: StartContainer", req.id)))?;
             p.set_running();
             let mut e = TaskStart::new();
@@ -148,7 +155,7 @@ impl TaskService {
             ..Default::default()
         };
         let resp = agent
-            .exec_process(ctx(RPC_TIMEOUT), &exec)
+            .exec_process(ctx(GUEST_WORK_TIMEOUT), &exec)
             .map_err(agent_err(format!("exec {} in {id}: ExecProcess", p.exec)))?;
         p.set_pid(resp.pid);
         p.set_running();
