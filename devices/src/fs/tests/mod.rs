@@ -7,6 +7,8 @@ mod confinement;
 mod dax;
 mod hostile;
 mod ops;
+mod policy;
+mod space;
 
 pub(super) use super::harness::*;
 pub(super) use vm_memory::ByteValued;
