@@ -76,11 +76,38 @@ impl log::Log for LogBridge {
     fn flush(&self) {}
 }
 
+/// The most verbose `log` level ever enabled: fuse-backend-rs 0.14 builds a
+/// trace record of every request from `Opcode::from(u32)`, an unchecked
+/// transmute of the guest's opcode (undefined behaviour for the numbers the
+/// enum skips; a panic in debug builds), so its arguments must never be
+/// evaluated. The `log` macros skip them above this level.
+pub const MAX_LEVEL: log::LevelFilter = log::LevelFilter::Debug;
+
 /// Installs `LogBridge` as the process's `log` logger, passing the levels the
-/// current tracing subscriber wants. Call it after setting the subscriber,
-/// instead of `LogTracer::init` (which tracing-subscriber's `init` runs).
+/// current tracing subscriber wants, up to `MAX_LEVEL`. Call it after setting
+/// the subscriber, instead of `LogTracer::init` (which tracing-subscriber's
+/// `init` runs, with no such cap).
 pub fn install() -> Result<(), log::SetLoggerError> {
     log::set_boxed_logger(Box::new(LogBridge::new()))?;
-    log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+    log::set_max_level(capped(
+        tracing::level_filters::LevelFilter::current().as_log(),
+    ));
     Ok(())
+}
+
+/// The `log` level to enable when tracing wants `wanted`.
+fn capped(wanted: log::LevelFilter) -> log::LevelFilter {
+    wanted.min(MAX_LEVEL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_records_of_dependencies_are_never_enabled() {
+        assert_eq!(capped(log::LevelFilter::Trace), log::LevelFilter::Debug);
+        assert_eq!(capped(log::LevelFilter::Info), log::LevelFilter::Info);
+        assert_eq!(capped(log::LevelFilter::Off), log::LevelFilter::Off);
+    }
 }

@@ -17,13 +17,14 @@ impl Write for Sink {
     }
 }
 
-/// Installs `bridge::LogBridge` once per test process, every level enabled.
+/// Installs `bridge::LogBridge` once per test process, every level up to
+/// the bridge's `MAX_LEVEL` enabled.
 pub(crate) fn bridge_log_records() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         log::set_boxed_logger(Box::new(super::bridge::LogBridge::new()))
             .expect("no other log logger in the tests");
-        log::set_max_level(log::LevelFilter::Trace);
+        log::set_max_level(super::bridge::MAX_LEVEL);
     });
 }
 
