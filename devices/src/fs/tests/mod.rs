@@ -5,6 +5,7 @@
 mod config;
 mod confinement;
 mod dax;
+mod flood;
 mod hostile;
 mod ops;
 mod policy;
