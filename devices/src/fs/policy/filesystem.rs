@@ -203,8 +203,8 @@ impl FileSystem for PolicyFs {
         if opened.0.is_some() {
             space.opened(inode);
         }
-        if let (Some(before), Ok(after)) = (before, self.stat(ctx, inode, None)) {
-            space.account(&before, &after);
+        if let Some(before) = before {
+            self.account_after(ctx, inode, None, &before);
         }
         Ok(opened)
     }
@@ -275,29 +275,10 @@ impl FileSystem for PolicyFs {
     ) -> io::Result<usize> {
         let before = self.stat(ctx, inode, Some(handle))?;
         self.kill_privs(ctx, inode, Some(handle), &before)?;
-        let Some(space) = &self.space else {
-            return self.inner.write(
-                ctx,
-                inode,
-                handle,
-                r,
-                size,
-                offset,
-                lock_owner,
-                delayed_write,
-                flags,
-                fuse_flags,
-            );
-        };
         // The passthrough sets the handle's file status flags to `flags`
         // before writing, so O_APPEND here is what the write will do.
         let append = flags as i32 & libc::O_APPEND != 0;
-        let fits = space
-            .fit_write(&before, offset, size, append)
-            .map_err(|e| self.over_limit(e))?;
-        if fits < size {
-            self.note_over_limit();
-        }
+        let fits = self.fit_write(&before, offset, size, append)?;
         let written = self.inner.write(
             ctx,
             inode,
@@ -310,9 +291,7 @@ impl FileSystem for PolicyFs {
             flags,
             fuse_flags,
         );
-        if let Ok(after) = self.stat(ctx, inode, Some(handle)) {
-            space.account(&before, &after);
-        }
+        self.account_after(ctx, inode, Some(handle), &before);
         written
     }
 
@@ -350,9 +329,7 @@ impl FileSystem for PolicyFs {
         let res = self
             .inner
             .fallocate(ctx, inode, handle, mode, offset, length);
-        if let (Some(space), Ok(after)) = (&self.space, self.stat(ctx, inode, Some(handle))) {
-            space.account(&before, &after);
-        }
+        self.account_after(ctx, inode, Some(handle), &before);
         res
     }
 

@@ -129,6 +129,30 @@ impl PolicyFs {
         e
     }
 
+    /// How many of the `size` bytes a WRITE at `offset` may write into the
+    /// file `before` describes (all of them without a size limit).
+    fn fit_write(&self, before: &stat64, offset: u64, size: u32, append: bool) -> io::Result<u32> {
+        let Some(space) = &self.space else {
+            return Ok(size);
+        };
+        let fits = space
+            .fit_write(before, offset, size, append)
+            .map_err(|e| self.over_limit(e))?;
+        if fits < size {
+            self.note_over_limit();
+        }
+        Ok(fits)
+    }
+
+    /// Charges what an operation did to the file `before` described.
+    fn account_after(&self, ctx: &Context, inode: Inode, handle: Option<Handle>, before: &stat64) {
+        if let Some(space) = &self.space {
+            if let Ok(after) = self.stat(ctx, inode, handle) {
+                space.account(before, &after);
+            }
+        }
+    }
+
     fn check_mknod(&self, mode: u32, rdev: u32) -> io::Result<()> {
         if !is_device_node(mode, rdev) {
             return Ok(());
