@@ -3,7 +3,10 @@
 //! passthrough filesystem over a temporary directory. Each request is a
 //! well-framed FUSE header (opcode, node, optionally a lying length) with
 //! arbitrary argument bytes, split across readable descriptors, followed by
-//! arbitrary writable reply buffers.
+//! arbitrary writable reply buffers. The share has a size limit, so husk's
+//! policy layer (mode stripping, refusals and the space accounting of
+//! writes, truncation, fallocate, unlink, rename, release and forget) is
+//! fuzzed with the passthrough under it.
 
 #![no_main]
 
@@ -19,6 +22,8 @@ const FALLOCATE: u32 = 43;
 const COPY_FILE_RANGE: u32 = 47;
 const MAX_HOST_LEN: u64 = 1 << 20;
 const DEFAULT_REPLY_LEN: u32 = 4096;
+/// Small enough for inputs to reach it, large enough for a few files.
+const SIZE_LIMIT: u64 = 256 << 10;
 const HEADER_LEN: usize = std::mem::size_of::<InHeader>();
 
 #[derive(Arbitrary, Debug)]
@@ -67,7 +72,7 @@ fn cap_host_len(opcode: u32, args: &mut [u8]) {
 }
 
 fuzz_target!(|requests: Vec<Request>| {
-    let mut h = FsHarness::new();
+    let mut h = FsHarness::with_config(|c| c.size_limit = Some(SIZE_LIMIT));
     std::fs::write(h.host("file"), b"some bytes").unwrap();
     std::fs::create_dir(h.host("dir")).unwrap();
     for req in requests.iter().take(MAX_CHAINS) {

@@ -72,6 +72,10 @@ pub struct GuestConfig {
     pub max_memory: u64,
     #[serde(deserialize_with = "compat_mode")]
     pub compat: CompatMode,
+    /// Bytes a sandbox's guest may add to its shared directory through
+    /// virtio-fs; None: no limit beyond the host filesystem's.
+    #[serde(deserialize_with = "opt_mem_size")]
+    pub shared_fs_size_limit: Option<u64>,
 }
 
 impl Default for GuestConfig {
@@ -87,6 +91,7 @@ impl Default for GuestConfig {
             max_vcpus: 4,
             max_memory: 4 << 30,
             compat: CompatMode::Auto,
+            shared_fs_size_limit: None,
         }
     }
 }
@@ -156,6 +161,10 @@ pub struct HuskConfig {
 fn mem_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let text = String::deserialize(d)?;
     parse_mem_size(&text).map_err(serde::de::Error::custom)
+}
+
+fn opt_mem_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    mem_size(d).map(Some)
 }
 
 fn compat_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CompatMode, D::Error> {
@@ -231,6 +240,13 @@ impl HuskConfig {
                 format!("is more than guest.max_memory ({}M)", g.max_memory >> 20),
             ));
         }
+        if g.shared_fs_size_limit == Some(0) {
+            return Err(bad(
+                "guest.shared_fs_size_limit",
+                "0".into(),
+                "must be more than 0; leave the key out for no limit".into(),
+            ));
+        }
         let state_dir = &self.runtime.state_dir;
         let max = crate::sandbox::dir::MAX_STATE_DIR_LEN;
         if state_dir.as_os_str().len() > max {
@@ -297,6 +313,11 @@ max_vcpus = {max_vcpus}
 max_memory = "{max_memory}M"
 # Software-KVM compatibility profile: "auto", "on" or "off".
 compat = "auto"
+# How much a sandbox's guest may add to its shared directory (the
+# containers' root filesystems and mounts, served by virtio-fs), e.g. "10G";
+# writes beyond it get ENOSPC. Without it, the host filesystem's space is
+# the limit.
+# shared_fs_size_limit = "10G"
 
 [runtime]
 log_level = "info"
@@ -337,6 +358,21 @@ mod tests {
         assert_eq!(c.guest.boot, GuestBoot::Image);
         assert_eq!(c.guest.compat, CompatMode::Auto);
         assert_eq!(c.runtime.state_dir, PathBuf::from("/run/husk"));
+        assert_eq!(c.guest.shared_fs_size_limit, None);
+    }
+
+    #[test]
+    fn the_shared_fs_size_limit_is_a_size_and_not_zero() {
+        let c = parse("[guest]\nshared_fs_size_limit = \"10G\"\n").unwrap();
+        assert_eq!(c.guest.shared_fs_size_limit, Some(10 << 30));
+        let err = parse("[guest]\nshared_fs_size_limit = \"0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("guest.shared_fs_size_limit"), "{err}");
+        let err = parse("[guest]\nshared_fs_size_limit = \"big\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("big"), "{err}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         return husk_runtime::shim::main(&argv[1..]);
     }
     let args = cli::Cli::parse();
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
                 // fuse-backend-rs logs every FUSE INIT's flag lists at info.
@@ -27,7 +27,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .init();
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the first tracing subscriber");
+    // Dependencies on the guest's path (fuse-backend-rs, virtio-queue) log
+    // through `log`: bridged with the same rate limits as husk's own lines.
+    let _ = husk_vmm::log_budget::bridge::install();
     match cli::run(args, started) {
         Ok(code) => code,
         Err(e) => {

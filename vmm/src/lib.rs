@@ -33,6 +33,8 @@ pub use console_watch::{ConsoleWaitError, ConsoleWatch};
 pub use device_manager::VsockSpec;
 pub use handle::{VmEvent, VmHandle};
 pub use husk_devices::fs::{CacheMode, FsConfig};
+/// Rate limits for guest-triggered log lines; the binary installs its `log` bridge.
+pub use husk_devices::log_budget;
 pub use husk_devices::net::{MacAddr, Tap, TapError};
 pub use net::NetSpec;
 pub use pmem::PmemSpec;

@@ -206,7 +206,8 @@ impl Vcpu {
             }
             let x87 = || self.fd.get_fpu().ok().map(|f| (f.fsw, f.fcw));
             if let Some(fallback) = insn_fallback::decide(&bytes, x87) {
-                tracing::debug!(
+                // A guest can loop on such an instruction: rate-limited.
+                husk_devices::debug_limited!(
                     cpu = self.id,
                     rip = format_args!("{:#x}", regs.rip),
                     ?fallback,

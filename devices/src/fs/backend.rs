@@ -1,5 +1,5 @@
 //! The filesystem behind the device: fuse-backend-rs's passthrough, confined
-//! to the shared directory, plus the little policy husk adds on top.
+//! to the shared directory, under husk's policy (`policy::PolicyFs`).
 //!
 //! Confinement comes from how the passthrough works: every inode is an
 //! O_PATH fd opened with openat(parent_fd, name, O_NOFOLLOW), names with '/'
@@ -7,30 +7,37 @@
 //! and directories are ever reopened for I/O (a symlink or device inode is
 //! never opened, so the host never follows a guest-made link). LINK and
 //! RENAME name both ends by inodes the guest looked up, so both stay inside.
-//! What the passthrough allows and husk refuses: creating device nodes,
-//! which would hand host devices to any host process that opens the share.
+//! What the passthrough allows and the policy refuses: device nodes,
+//! setuid/setgid files, file capabilities, and growth past a size limit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, MknodIn, Opcode};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
-use fuse_backend_rs::transport::Reader;
 
 use super::device::{CacheMode, FsConfig, FsError};
+use super::policy::PolicyFs;
+use super::space::SpaceBudget;
+use super::FsMetrics;
 
 /// The FUSE server the device hands each request to.
-pub(super) type FuseServer = Server<Arc<PassthroughFs>>;
+pub(super) type FuseServer = Server<Arc<PolicyFs>>;
 
-/// A fresh server over `config.shared_dir` (already validated and canonical).
+/// A fresh server over `config.shared_dir` (already validated and canonical),
+/// counting into `metrics` and charging `space`, which outlives servers.
 /// The root is opened when the guest sends FUSE INIT.
-pub(super) fn new_server(config: &FsConfig) -> Result<FuseServer, FsError> {
+pub(super) fn new_server(
+    config: &FsConfig,
+    metrics: &Arc<FsMetrics>,
+    space: Option<&Arc<SpaceBudget>>,
+) -> Result<FuseServer, FsError> {
     let fs =
         PassthroughFs::new(passthrough_config(config)).map_err(|source| FsError::Passthrough {
             path: config.shared_dir.clone(),
             source,
         })?;
+    let fs = PolicyFs::new(fs, metrics.clone(), space.cloned());
     Ok(Server::new(Arc::new(fs)))
 }
 
@@ -49,27 +56,4 @@ fn passthrough_config(config: &FsConfig) -> Config {
         do_import: true,
         ..Config::default()
     }
-}
-
-/// The errno husk's policy answers `header` with, if it refuses the request.
-/// `body` reads the request after its header.
-pub(super) fn refused(header: &InHeader, mut body: Reader<'_>) -> Option<i32> {
-    if header.opcode != Opcode::Mknod as u32 {
-        return None;
-    }
-    let Ok(args) = body.read_obj::<MknodIn>() else {
-        // Too short: the server itself replies with an error.
-        return None;
-    };
-    let kind = args.mode & libc::S_IFMT;
-    // A 0:0 character device is an overlayfs whiteout, not a device.
-    let device = kind == libc::S_IFBLK || (kind == libc::S_IFCHR && args.rdev != 0);
-    device.then(|| {
-        tracing::warn!(
-            mode = args.mode,
-            rdev = args.rdev,
-            "virtio-fs: refusing to create a device node"
-        );
-        libc::EPERM
-    })
 }

@@ -81,7 +81,7 @@ impl DaxWindow {
         let page_mask = page_size() - 1;
         let end = moffset.checked_add(len).ok_or_else(einval)?;
         if len == 0 || end > self.len || (moffset | len) & page_mask != 0 {
-            tracing::warn!(
+            crate::warn_limited!(
                 moffset,
                 len,
                 window = self.len,

@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{self, FuseServer};
 use super::dax::{DaxWindow, DAX_ALIGNMENT};
+use super::space::SpaceBudget;
 use super::{FsMetrics, DAX_SHM_ID, VIRTIO_ID_FS};
 use crate::virtio::{
     ActivateContext, ActivateError, ActiveQueues, QueueSnapshot, ShmRegion, VirtioDevice,
@@ -52,11 +53,14 @@ pub struct FsConfig {
     pub dax_window: Option<u64>,
     /// Number of request queues, 1..=MAX_REQUEST_QUEUES.
     pub request_queues: usize,
+    /// How many bytes the guest may add to the share (see `space`); None:
+    /// no limit beyond the host filesystem's.
+    pub size_limit: Option<u64>,
 }
 
 impl FsConfig {
     /// A share of `dir` as `tag` with the defaults: cache auto, no xattr,
-    /// no DAX window, one request queue.
+    /// no DAX window, one request queue, no size limit.
     pub fn new(tag: &str, dir: &std::path::Path) -> Self {
         Self {
             tag: tag.to_string(),
@@ -65,6 +69,7 @@ impl FsConfig {
             xattr: false,
             dax_window: None,
             request_queues: 1,
+            size_limit: None,
         }
     }
 }
@@ -93,6 +98,8 @@ pub enum FsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("a virtio-fs size limit must be more than 0 bytes")]
+    ZeroSizeLimit,
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
     #[error("cannot set up the passthrough filesystem over {path}: {source}")]
@@ -116,6 +123,9 @@ impl FsConfig {
             if len == 0 || len % DAX_ALIGNMENT != 0 {
                 return Err(FsError::DaxWindowSize(len));
             }
+        }
+        if self.size_limit == Some(0) {
+            return Err(FsError::ZeroSizeLimit);
         }
         canonical_dir(&self.shared_dir)
     }
@@ -149,6 +159,8 @@ pub struct FsDevice {
     pub(super) dax: Option<DaxWindow>,
     dax_base: Option<GuestAddress>,
     pub(super) metrics: Arc<FsMetrics>,
+    /// The size limit's usage; it outlives servers (guest resets).
+    space: Option<Arc<SpaceBudget>>,
 }
 
 impl FsDevice {
@@ -166,8 +178,15 @@ impl FsDevice {
             }
             None => None,
         };
+        let metrics = Arc::new(FsMetrics::default());
+        let space = config.size_limit.map(|l| Arc::new(SpaceBudget::new(l)));
+        tracing::debug!(
+            tag = config.tag,
+            size_limit = config.size_limit,
+            "virtio-fs policy: no device nodes, no setuid/setgid files, no security.capability"
+        );
         Ok(Self {
-            server: backend::new_server(&config)?,
+            server: backend::new_server(&config, &metrics, space.as_ref())?,
             config_space: config_space(&config),
             queue_sizes: vec![QUEUE_MAX_SIZE; queue_count],
             queue_evts: (0..queue_count).map(|_| evt()).collect::<Result<_, _>>()?,
@@ -175,13 +194,19 @@ impl FsDevice {
             active: None,
             dax,
             dax_base: None,
-            metrics: Arc::new(FsMetrics::default()),
+            metrics,
+            space,
             config,
         })
     }
 
     pub fn metrics(&self) -> Arc<FsMetrics> {
         self.metrics.clone()
+    }
+
+    /// Bytes charged against the size limit, if there is one.
+    pub fn space_used(&self) -> Option<u64> {
+        self.space.as_ref().map(|s| s.used())
     }
 
     /// The configuration in use; `shared_dir` is canonical.
@@ -224,7 +249,7 @@ impl VirtioDevice for FsDevice {
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        tracing::warn!(offset, "virtio-fs: guest wrote read-only config space");
+        crate::warn_limited!(offset, "virtio-fs: guest wrote read-only config space");
     }
 
     fn queue_events(&self) -> &[EventFd] {
@@ -238,14 +263,22 @@ impl VirtioDevice for FsDevice {
 
     fn reset(&mut self) {
         self.active = None;
-        match backend::new_server(&self.config) {
-            Ok(server) => self.server = server,
+        match backend::new_server(&self.config, &self.metrics, self.space.as_ref()) {
+            Ok(server) => {
+                // The old server's nodes and handles are closed with it.
+                self.server = server;
+                if let Some(space) = &self.space {
+                    space.guest_reset();
+                }
+            }
             // The old server keeps serving; the guest's next INIT re-imports the root.
-            Err(e) => tracing::error!("virtio-fs: cannot recreate the filesystem on reset: {e}"),
+            Err(e) => {
+                crate::error_limited!("virtio-fs: cannot recreate the filesystem on reset: {e}")
+            }
         }
         if let Some(dax) = self.dax.as_mut() {
             if let Err(e) = dax.clear() {
-                tracing::error!("virtio-fs: cannot empty the DAX window on reset: {e}");
+                crate::error_limited!("virtio-fs: cannot empty the DAX window on reset: {e}");
             }
         }
     }

@@ -63,7 +63,7 @@ fn process_queue(
         let window = dax.as_deref_mut().map(|w| w as &mut dyn FsCacheReqHandler);
         let len = serve_chain(mem, chain, server, window, metrics);
         if let Err(e) = queue.add_used(&*mem, head, len) {
-            tracing::error!(queue = q, "virtio-fs: cannot return a buffer: {e}");
+            crate::error_limited!(queue = q, "virtio-fs: cannot return a buffer: {e}");
         }
         used = true;
     }

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
 pub use fuse_backend_rs::abi::fuse_abi::{
-    Attr, AttrOut, CreateIn, Dirent, Direntplus, EntryOut, FlushIn, ForgetIn, FsyncIn, GetattrIn,
-    InHeader, InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut, OutHeader,
-    ReadIn, ReleaseIn, RenameIn, SetattrIn, SetattrValid, StatfsOut, WriteIn, WriteOut,
+    Attr, AttrOut, CreateIn, Dirent, Direntplus, EntryOut, FallocateIn, FlushIn, ForgetIn, FsyncIn,
+    GetattrIn, InHeader, InitIn, InitOut, LinkIn, MkdirIn, MknodIn, Opcode, OpenIn, OpenOut,
+    OutHeader, ReadIn, ReleaseIn, RenameIn, SetattrIn, SetattrValid, SetxattrIn, StatfsOut,
+    WriteIn, WriteOut,
 };
 pub use fuse_backend_rs::abi::virtio_fs::{
     RemovemappingIn, RemovemappingOne, SetupmappingFlags, SetupmappingIn,
@@ -157,6 +158,7 @@ impl FsHarness {
             xattr: true,
             dax_window: None,
             request_queues: 1,
+            size_limit: None,
         };
         std::fs::create_dir(&config.shared_dir).unwrap();
         tweak(&mut config);
@@ -344,8 +346,19 @@ impl FsHarness {
 
     /// CREATE: returns the new entry and the open file handle.
     pub fn create(&mut self, parent: u64, n: &str, mode: u32) -> Result<(EntryOut, u64), i32> {
+        self.create_with(parent, n, mode, libc::O_RDWR | libc::O_CREAT)
+    }
+
+    /// CREATE with open `flags` of the guest's choosing.
+    pub fn create_with(
+        &mut self,
+        parent: u64,
+        n: &str,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(EntryOut, u64), i32> {
         let args = CreateIn {
-            flags: (libc::O_RDWR | libc::O_CREAT) as u32,
+            flags: flags as u32,
             mode,
             ..Default::default()
         };
@@ -381,10 +394,23 @@ impl FsHarness {
     }
 
     pub fn write(&mut self, node: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, i32> {
+        self.write_with(node, fh, offset, data, libc::O_RDWR)
+    }
+
+    /// WRITE with the file status `flags` the guest's file has (O_APPEND...).
+    pub fn write_with(
+        &mut self,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        flags: i32,
+    ) -> Result<u32, i32> {
         let args = WriteIn {
             fh,
             offset,
             size: data.len() as u32,
+            flags: flags as u32,
             ..Default::default()
         };
         let out: WriteOut = self
@@ -406,6 +432,25 @@ impl FsHarness {
             ..Default::default()
         };
         self.status(Opcode::Release, node, &[args.as_slice()])
+    }
+
+    pub fn setxattr(&mut self, node: u64, n: &str, value: &[u8]) -> i32 {
+        let args = SetxattrIn {
+            size: value.len() as u32,
+            flags: 0,
+        };
+        self.status(Opcode::Setxattr, node, &[args.as_slice(), &name(n), value])
+    }
+
+    pub fn fallocate(&mut self, node: u64, fh: u64, mode: i32, offset: u64, length: u64) -> i32 {
+        let args = FallocateIn {
+            fh,
+            offset,
+            length,
+            mode: mode as u32,
+            padding: 0,
+        };
+        self.status(Opcode::Fallocate, node, &[args.as_slice()])
     }
 
     pub fn unlink(&mut self, parent: u64, n: &str) -> i32 {

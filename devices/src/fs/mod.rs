@@ -5,9 +5,10 @@
 //! the virtio contract (tag and queue count in config space, activate/reset),
 //! `event_handler` pops descriptor chains on event-manager events, `request`
 //! turns one chain into a FUSE reply (or an error reply, or a dropped chain),
-//! `backend` builds the confined passthrough filesystem and the policy it
-//! adds on top, and `dax` is the optional DAX window FUSE SETUPMAPPING maps
-//! file pages into.
+//! `backend` builds the confined passthrough filesystem, `policy` wraps it
+//! with the rules husk adds (no device nodes, no setuid/setgid files, no
+//! file capabilities) and `space` is the optional per-share size limit;
+//! `dax` is the optional DAX window FUSE SETUPMAPPING maps file pages into.
 
 mod backend;
 mod dax;
@@ -15,7 +16,9 @@ mod device;
 mod event_handler;
 #[cfg(any(test, feature = "test-harness"))]
 pub mod harness;
+mod policy;
 mod request;
+mod space;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +42,13 @@ pub struct FsMetrics {
     pub error_replies: AtomicU64,
     /// Chains too broken to answer (no readable header, unusable buffers).
     pub dropped_chains: AtomicU64,
-    /// Requests refused by husk's policy on top of the passthrough filesystem.
+    /// Requests refused by husk's policy on top of the passthrough filesystem
+    /// (device nodes, `security.capability`, KEEP_SIZE fallocate under a limit).
     pub refused: AtomicU64,
+    /// Setuid/setgid bits stripped from a guest's mode or cleared before a
+    /// change to a file's content.
+    pub mode_bits_stripped: AtomicU64,
+    /// Writes, truncations and fallocates cut short or refused (ENOSPC) by
+    /// the share's size limit.
+    pub over_limit: AtomicU64,
 }

@@ -17,7 +17,7 @@ use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter, Writ
 use virtio_queue::DescriptorChain;
 use vm_memory::ByteValued;
 
-use super::backend::{self, FuseServer};
+use super::backend::FuseServer;
 use super::FsMetrics;
 use crate::virtio::GuestMemory;
 
@@ -33,15 +33,10 @@ pub(super) fn serve_chain(
         Ok(reader) => reader,
         Err(e) => return dropped(metrics, &format!("unusable readable buffers: {e}")),
     };
-    let mut body = reader.clone();
-    let Ok(header) = body.read_obj::<InHeader>() else {
+    let Ok(header) = reader.clone().read_obj::<InHeader>() else {
         return dropped(metrics, "no complete FUSE request header");
     };
     metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(errno) = backend::refused(&header, body) {
-        metrics.refused.fetch_add(1, Ordering::Relaxed);
-        return error_reply(mem, chain, header.unique, errno, metrics);
-    }
     let writer = match VirtioFsWriter::new(mem, chain.clone()) {
         Ok(writer) => Writer::from(writer),
         Err(e) => return dropped(metrics, &format!("unusable writable buffers: {e}")),
@@ -49,7 +44,7 @@ pub(super) fn serve_chain(
     match server.handle_message(reader, writer, dax, None) {
         Ok(len) => u32::try_from(len).unwrap_or(0),
         Err(e) => {
-            tracing::debug!(
+            crate::debug_limited!(
                 opcode = header.opcode,
                 "virtio-fs: request failed without a reply: {e}"
             );
@@ -60,7 +55,7 @@ pub(super) fn serve_chain(
 }
 
 fn dropped(metrics: &FsMetrics, why: &str) -> u32 {
-    tracing::debug!("virtio-fs: dropping a chain: {why}");
+    crate::debug_limited!("virtio-fs: dropping a chain: {why}");
     metrics.dropped_chains.fetch_add(1, Ordering::Relaxed);
     0
 }

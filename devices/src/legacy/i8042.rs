@@ -34,7 +34,7 @@ impl BusDevice for I8042 {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == COMMAND_OFFSET && data.first() == Some(&CMD_PULSE_RESET) {
             if let Err(e) = self.reset_evt.write(1) {
-                tracing::error!("i8042: cannot signal guest reset: {e}");
+                crate::error_limited!("i8042: cannot signal guest reset: {e}");
             }
         }
     }

@@ -105,7 +105,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(off), [value]) = (u8::try_from(offset), data) {
             if let Err(e) = self.uart.write(off, *value) {
-                tracing::warn!("serial: {e:?}");
+                crate::warn_limited!("serial: {e:?}");
             }
         }
     }

@@ -203,7 +203,7 @@ impl NetDevice {
             }
         }
         if let Err(e) = tap.set_offload(flags) {
-            tracing::warn!(
+            crate::warn_limited!(
                 tap = tap.name(),
                 flags,
                 "net: the tap refused the guest's offloads; it gets plain frames: {e}"

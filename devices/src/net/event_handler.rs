@@ -89,19 +89,19 @@ impl NetDevice {
             (have, want) if have == want => {}
             (Some(have), Some(want)) if have.fd == want.fd => match ops.modify(tap_events(want)) {
                 Ok(()) => self.registration = Some(want),
-                Err(e) => tracing::error!("net: cannot change the tap's events: {e:?}"),
+                Err(e) => crate::error_limited!("net: cannot change the tap's events: {e:?}"),
             },
             (have, want) => {
                 if let Some(have) = have {
                     if let Err(e) = ops.remove(Events::empty_raw(have.fd)) {
-                        tracing::error!("net: cannot stop watching the old tap: {e:?}");
+                        crate::error_limited!("net: cannot stop watching the old tap: {e:?}");
                     }
                     self.registration = None;
                 }
                 if let Some(want) = want {
                     match ops.add(tap_events(want)) {
                         Ok(()) => self.registration = Some(want),
-                        Err(e) => tracing::error!("net: cannot watch the tap: {e:?}"),
+                        Err(e) => crate::error_limited!("net: cannot watch the tap: {e:?}"),
                     }
                 }
             }

@@ -256,7 +256,7 @@ impl RxState {
         crate::warn_limited!(head, "net: unusable RX chain returned empty: {e}");
         for h in self.chains.iter().map(|c| c.head).chain([head]) {
             if let Err(e) = queue.add_used(mem, h, 0) {
-                tracing::error!("net: cannot return an RX buffer: {e}");
+                crate::error_limited!("net: cannot return an RX buffer: {e}");
             }
         }
         if self.chains.is_empty() {
@@ -293,13 +293,13 @@ impl RxState {
                 }
                 // Checked by parse_rx_chain; a failure here is a bug, not the guest.
                 if let Err(e) = mem.write_slice(&self.buf[pos..pos + take], addr) {
-                    tracing::error!("net: cannot write an RX buffer: {e}");
+                    crate::error_limited!("net: cannot write an RX buffer: {e}");
                 }
                 pos += take;
                 written += take;
             }
             if let Err(e) = queue.add_used(mem, chain.head, written as u32) {
-                tracing::error!("net: cannot return an RX buffer: {e}");
+                crate::error_limited!("net: cannot return an RX buffer: {e}");
             }
         }
         metrics.rx_packets.fetch_add(1, Ordering::Relaxed);

@@ -142,7 +142,7 @@ pub(super) fn process_tx(
         }
         // TX buffers are device-readable: nothing was written to them.
         if let Err(e) = queue.add_used(&*mem, head, 0) {
-            tracing::error!("net: cannot return a TX buffer: {e}");
+            crate::error_limited!("net: cannot return a TX buffer: {e}");
         }
         used = true;
     }

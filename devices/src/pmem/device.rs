@@ -80,7 +80,7 @@ impl VirtioDevice for PmemDevice {
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        tracing::warn!(offset, "pmem: guest wrote read-only config space");
+        crate::warn_limited!(offset, "pmem: guest wrote read-only config space");
     }
 
     fn queue_events(&self) -> &[EventFd] {

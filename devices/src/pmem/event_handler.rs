@@ -35,7 +35,7 @@ impl PmemDevice {
             let head = chain.head_index();
             let len = serve(mem, chain, &self.backing, &self.metrics);
             if let Err(e) = queue.add_used(&*mem, head, len) {
-                tracing::error!("pmem: cannot return a request: {e}");
+                crate::error_limited!("pmem: cannot return a request: {e}");
             }
             used = true;
         }
@@ -65,7 +65,7 @@ fn serve(
                 Ok(()) => VIRTIO_PMEM_RESP_OK,
                 Err(e) => {
                     metrics.flush_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("pmem: fsync of the backing file failed: {e}");
+                    crate::error_limited!("pmem: fsync of the backing file failed: {e}");
                     VIRTIO_PMEM_RESP_EIO
                 }
             }

@@ -71,7 +71,7 @@ impl ActiveQueues {
         };
         if queue.needs_notification(&self.mem).unwrap_or(true) {
             if let Err(e) = self.interrupt.trigger(InterruptCause::Queue) {
-                tracing::error!("{device}: cannot interrupt the guest: {e}");
+                crate::error_limited!("{device}: cannot interrupt the guest: {e}");
             }
         }
     }

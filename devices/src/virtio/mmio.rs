@@ -214,7 +214,7 @@ impl MmioTransport {
             0x0b0..=0x0bc => self.read_shm_reg(offset),
             0x0fc => self.config_generation,
             _ => {
-                tracing::warn!(
+                crate::warn_limited!(
                     offset,
                     "virtio-mmio: read of unknown or write-only register"
                 );
@@ -236,7 +236,7 @@ impl MmioTransport {
             0x064 => self.interrupt.ack(v),
             0x070 => self.write_status(v),
             0x0ac => self.shm_sel = v,
-            _ => tracing::warn!(
+            _ => crate::warn_limited!(
                 offset,
                 "virtio-mmio: write to unknown or read-only register"
             ),
@@ -285,7 +285,7 @@ impl MmioTransport {
         }
         let mem = self.mem.clone();
         let Some(q) = self.queue_mut() else {
-            return tracing::warn!("virtio-mmio: QueueSel names no queue");
+            return crate::warn_limited!("virtio-mmio: QueueSel names no queue");
         };
         if q.ready() && offset != 0x044 {
             return self.needs_reset("queue reconfigured while ready");
@@ -343,15 +343,15 @@ impl MmioTransport {
 
     fn notify(&mut self, index: u32) {
         if self.status & DRIVER_OK == 0 {
-            return tracing::warn!(index, "virtio-mmio: QueueNotify before DRIVER_OK");
+            return crate::warn_limited!(index, "virtio-mmio: QueueNotify before DRIVER_OK");
         }
         match self.queue_evts.get(index as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    tracing::error!(index, "virtio-mmio: cannot kick queue: {e}");
+                    crate::error_limited!(index, "virtio-mmio: cannot kick queue: {e}");
                 }
             }
-            None => tracing::warn!(index, "virtio-mmio: QueueNotify for a missing queue"),
+            None => crate::warn_limited!(index, "virtio-mmio: QueueNotify for a missing queue"),
         }
     }
 
@@ -372,14 +372,14 @@ impl MmioTransport {
         };
         if new == FAILED {
             self.status |= FAILED;
-            return tracing::warn!("virtio-mmio: driver gave up on the device (FAILED)");
+            return crate::warn_limited!("virtio-mmio: driver gave up on the device (FAILED)");
         }
         if new != expected || self.status & DEVICE_NEEDS_RESET != 0 {
             return self.needs_reset("status bits set out of order");
         }
         match new {
             FEATURES_OK if !self.features_acceptable() => {
-                tracing::warn!(
+                crate::warn_limited!(
                     acked = self.acked_features,
                     offered = self.avail_features,
                     "virtio-mmio: driver acked unoffered features or not VERSION_1"
@@ -397,7 +397,7 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
-            tracing::warn!(
+            crate::warn_limited!(
                 queue = i,
                 "virtio-mmio: DRIVER_OK with a queue not ready or invalid"
             );
@@ -420,7 +420,7 @@ impl MmioTransport {
         match result {
             Ok(()) => self.status |= DRIVER_OK,
             Err(e) => {
-                tracing::error!("virtio-mmio: device activation failed: {e}");
+                crate::error_limited!("virtio-mmio: device activation failed: {e}");
                 self.needs_reset("activation failed");
             }
         }
@@ -439,7 +439,7 @@ impl MmioTransport {
     }
 
     fn needs_reset(&mut self, why: &str) {
-        tracing::warn!(
+        crate::warn_limited!(
             status = self.status,
             "virtio-mmio: misbehaving driver: {why}"
         );
@@ -447,7 +447,7 @@ impl MmioTransport {
             self.status |= DEVICE_NEEDS_RESET;
             if self.status & DRIVER_OK != 0 {
                 if let Err(e) = self.interrupt.trigger(InterruptCause::Config) {
-                    tracing::error!("virtio-mmio: cannot raise config interrupt: {e}");
+                    crate::error_limited!("virtio-mmio: cannot raise config interrupt: {e}");
                 }
             }
         }
@@ -502,7 +502,7 @@ impl BusDevice for MmioTransport {
             return lock(&self.device).read_config(offset - CONFIG_OFFSET, data);
         }
         if data.len() != 4 || offset & 3 != 0 {
-            tracing::warn!(
+            crate::warn_limited!(
                 offset,
                 len = data.len(),
                 "virtio-mmio: non 32-bit register read"
@@ -518,7 +518,7 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(bytes) if offset & 3 == 0 => self.write_reg(offset, u32::from_le_bytes(bytes)),
-            _ => tracing::warn!(
+            _ => crate::warn_limited!(
                 offset,
                 len = data.len(),
                 "virtio-mmio: non 32-bit register write"

@@ -113,7 +113,7 @@ impl VirtioDevice for VsockDevice {
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        tracing::warn!(offset, "vsock: guest wrote read-only config space");
+        crate::warn_limited!(offset, "vsock: guest wrote read-only config space");
     }
 
     fn queue_events(&self) -> &[EventFd] {

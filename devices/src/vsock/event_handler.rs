@@ -98,7 +98,7 @@ fn process_tx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &Vsock
         }
         // TX buffers are device-readable: nothing was written to them.
         if let Err(e) = queue.add_used(&*mem, head, 0) {
-            tracing::error!("vsock: cannot return a TX buffer: {e}");
+            crate::error_limited!("vsock: cannot return a TX buffer: {e}");
         }
         used = true;
     }
@@ -130,7 +130,7 @@ fn process_rx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &Vsock
             }
         };
         if let Err(e) = queue.add_used(&*mem, head, len) {
-            tracing::error!("vsock: cannot return an RX buffer: {e}");
+            crate::error_limited!("vsock: cannot return an RX buffer: {e}");
         }
         used = true;
     }

@@ -188,7 +188,7 @@ impl VsockMuxer {
         while let Ok((stream, _)) = self.listener.accept() {
             self.expire_handshakes();
             if self.conns.len() + self.handshakes.len() >= self.max_conns {
-                tracing::warn!(max = self.max_conns, "vsock: connection limit reached");
+                crate::warn_limited!(max = self.max_conns, "vsock: connection limit reached");
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -338,7 +338,7 @@ impl VsockMuxer {
 
     fn guest_connect(&mut self, key: ConnKey, hdr: &Header) {
         if self.conns.len() + self.handshakes.len() >= self.max_conns {
-            tracing::warn!(max = self.max_conns, "vsock: connection limit reached");
+            crate::warn_limited!(max = self.max_conns, "vsock: connection limit reached");
             return self.push_stray_rst(hdr);
         }
         let target = format!("{}_{}", self.path.display(), key.local);

@@ -1,12 +1,14 @@
-//! Parsing `--fs TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr]` into a
-//! virtio-fs device configuration; the device itself checks the tag, the
-//! directory and the window size when the VM is built.
+//! Parsing `--fs TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr][,size=SIZE]`
+//! into a virtio-fs device configuration; the device itself checks the tag,
+//! the directory, the window size and the size limit when the VM is built.
+//! `size` caps how much the guest may add to the share (ENOSPC beyond);
+//! the policy against setuid/setgid files and file capabilities is always on.
 
 use husk_vmm::{CacheMode, FsConfig};
 
 use husk_runtime::size::parse_mem_size;
 
-const SYNTAX: &str = "expected TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr]";
+const SYNTAX: &str = "expected TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr][,size=SIZE]";
 
 pub fn parse_fs_share(text: &str) -> Result<FsConfig, String> {
     let mut parts = text.split(',');
@@ -22,6 +24,10 @@ pub fn parse_fs_share(text: &str) -> Result<FsConfig, String> {
             Some(("dax", size)) => {
                 config.dax_window =
                     Some(parse_mem_size(size).map_err(|e| format!("invalid dax window: {e}"))?)
+            }
+            Some(("size", size)) => {
+                config.size_limit =
+                    Some(parse_mem_size(size).map_err(|e| format!("invalid size limit: {e}"))?)
             }
             None if part == "xattr" => config.xattr = true,
             _ => return Err(format!("invalid virtio-fs option {part:?}: {SYNTAX}")),
@@ -61,11 +67,15 @@ mod tests {
             (c.cache, c.dax_window, c.xattr),
             (CacheMode::None, Some(64 << 20), true)
         );
+        assert_eq!(c.size_limit, None);
+        let c = parse_fs_share("t=/d,size=64M,xattr").unwrap();
+        assert_eq!((c.size_limit, c.xattr), (Some(64 << 20), true));
         let err = |s: &str| parse_fs_share(s).unwrap_err();
         assert!(err("=/d").contains("\"=/d\""));
         assert!(err("t=").contains("TAG=DIR"));
         assert!(err("t=/d,cache=sometimes").contains("\"sometimes\""));
         assert!(err("t=/d,dax=lots").contains("\"lots\""));
+        assert!(err("t=/d,size=huge").contains("\"huge\""));
         assert!(err("t=/d,speed=fast").contains("\"speed=fast\""));
     }
 }

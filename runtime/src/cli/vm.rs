@@ -45,10 +45,11 @@ pub struct VmArgs {
     #[arg(long, value_name = "FILE[,ro]")]
     pmem: Vec<husk_vmm::PmemSpec>,
     /// Share a host directory over virtio-fs (repeatable); the guest mounts it with
-    /// `mount -t virtiofs TAG DIR`. dax=SIZE adds a DAX window of that size (e.g. 256M).
+    /// `mount -t virtiofs TAG DIR`. dax=SIZE adds a DAX window of that size (e.g. 256M);
+    /// size=SIZE caps what the guest may add to DIR (ENOSPC beyond).
     #[arg(
         long = "fs",
-        value_name = "TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr]",
+        value_name = "TAG=DIR[,cache=none|auto|always][,dax=SIZE][,xattr][,size=SIZE]",
         value_parser = super::fs_share::parse_fs_share
     )]
     fs: Vec<husk_vmm::FsConfig>,

@@ -292,7 +292,10 @@ pub fn guest_vm_config(
             uds: dir.vsock_socket(),
         }),
         pmem,
-        fs: vec![husk_vmm::FsConfig::new(SHARED_FS_TAG, &dir.shared())],
+        fs: vec![husk_vmm::FsConfig {
+            size_limit: g.shared_fs_size_limit,
+            ..husk_vmm::FsConfig::new(SHARED_FS_TAG, &dir.shared())
+        }],
         // One card, as every sandbox has (`HostResources::nic`).
         net: vec![HostResources::unconnected_nic()],
         template: template.map(Path::to_path_buf),

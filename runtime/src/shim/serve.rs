@@ -90,8 +90,17 @@ fn init_logging(debug: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false);
-    let _ = match log {
-        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
-        None => builder.with_writer(std::io::sink).try_init(),
+    let installed = match log {
+        Some(f) => tracing::subscriber::set_global_default(
+            builder.with_writer(std::sync::Mutex::new(f)).finish(),
+        ),
+        None => {
+            tracing::subscriber::set_global_default(builder.with_writer(std::io::sink).finish())
+        }
     };
+    // `log` records (fuse-backend-rs, virtio-queue) under the same rate
+    // limits as husk's own lines: a guest must not flood containerd's log.
+    if installed.is_ok() {
+        let _ = husk_vmm::log_budget::bridge::install();
+    }
 }

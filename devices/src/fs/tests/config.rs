@@ -16,6 +16,7 @@ fn config(dir: PathBuf) -> FsConfig {
         xattr: false,
         dax_window: None,
         request_queues: 1,
+        size_limit: None,
     }
 }
 
@@ -82,6 +83,13 @@ fn bad_configurations_are_refused_with_the_reason() {
                 ..ok.clone()
             },
             |e| matches!(e, FsError::DaxWindowSize(_)),
+        ),
+        (
+            FsConfig {
+                size_limit: Some(0),
+                ..ok.clone()
+            },
+            |e| matches!(e, FsError::ZeroSizeLimit),
         ),
     ];
     for (bad, expected) in cases {

@@ -3,6 +3,7 @@
 //! every guest-named range checked against the window.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 use vm_memory::GuestAddress;
 
@@ -174,4 +175,25 @@ fn a_reset_empties_the_window() {
     );
     assert_eq!(removemapping(&mut h, &[(0, u64::MAX)]), 0);
     assert_eq!(backing_of(region.host_addr + 3 * MIB2), "");
+}
+
+#[test]
+fn a_writable_mapping_clears_setuid_and_a_read_only_one_does_not() {
+    let (mut h, _) = dax_harness();
+    let (node, fh, _) = pattern_file(&mut h, "su");
+    let mode = |h: &FsHarness| fs::metadata(h.host("su")).unwrap().permissions().mode() & 0o7777;
+    fs::set_permissions(h.host("su"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let read = SetupmappingFlags::READ;
+    assert_eq!(setupmapping(&mut h, node, fh, 0, MIB2, read), 0);
+    assert_eq!(mode(&h), 0o4755);
+    let write = SetupmappingFlags::READ | SetupmappingFlags::WRITE;
+    assert_eq!(setupmapping(&mut h, node, fh, MIB2, MIB2, write), 0);
+    assert_eq!(
+        mode(&h),
+        0o755,
+        "stores through the window cannot leave a setuid file"
+    );
+    assert_eq!(h.metric(|m| &m.mode_bits_stripped), 1);
+    assert_eq!(removemapping(&mut h, &[(0, u64::MAX)]), 0);
+    assert_eq!(h.release(node, fh), 0);
 }

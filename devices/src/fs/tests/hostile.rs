@@ -304,3 +304,21 @@ fn requests_made_available_before_driver_ok_are_served_on_activation() {
     assert_eq!(OutHeader::from_slice(&out).unwrap().unique, unique);
     still_serves(&mut h);
 }
+
+#[test]
+fn opcodes_the_abi_skips_are_safe_with_log_records_bridged_at_every_level() {
+    // fuse-backend-rs transmutes the opcode for a trace record; the bridge
+    // never enables trace, so the transmute is never evaluated.
+    crate::log_budget::capture::bridge_log_records();
+    let mut h = FsHarness::new();
+    let log = crate::log_budget::capture::logged_at(tracing::Level::TRACE, || {
+        for op in [0u32, 7, 19] {
+            let mut req = request(Opcode::Getattr, ROOT, 11, &[]);
+            req[4..8].copy_from_slice(&op.to_le_bytes());
+            let reply = h.send_on(REQUEST_QUEUE, &[&req], &[4096]);
+            assert_eq!(reply.errno(), libc::ENOSYS, "opcode {op}");
+        }
+    });
+    assert!(!log.contains("new req"), "{log}");
+    still_serves(&mut h);
+}

@@ -5,8 +5,11 @@
 mod config;
 mod confinement;
 mod dax;
+mod flood;
 mod hostile;
 mod ops;
+mod policy;
+mod space;
 
 pub(super) use super::harness::*;
 pub(super) use vm_memory::ByteValued;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
 use super::*;
+use crate::log_budget::capture::logged;
 use crate::net::NET_HDR_LEN;
 use crate::virtio::test_utils::MEM_SIZE;
 
@@ -183,30 +184,4 @@ fn guest_writes_to_config_space_change_nothing() {
     h.drv.transport.read(0x100, &mut after);
     assert_eq!(before, after);
     assert_eq!(&after[..6], &MAC.0);
-}
-
-/// Captures what `tracing` prints while `f` runs on this thread.
-fn logged(f: impl FnOnce()) -> String {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let sink = Sink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    let text = sink.0.lock().unwrap().clone();
-    String::from_utf8(text).unwrap()
 }

@@ -3,12 +3,12 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use vm_memory::Bytes;
 
 use super::*;
+use crate::log_budget::capture::logged;
 use crate::virtio::test_utils::MEM_SIZE;
 use crate::vsock::{VsockConfig, VsockDevice, VsockError, DEFAULT_HANDSHAKE_TIMEOUT};
 
@@ -44,30 +44,6 @@ fn malformed_tx_chains_are_dropped_and_counted() {
     assert_eq!(h.metric(|m| &m.malformed), 3);
     assert!(h.recv().is_empty(), "no header, nobody to reset");
     still_serves(&mut h, &mut host, local, 90);
-}
-
-/// Captures what `tracing` prints while `f` runs on this thread.
-fn logged(f: impl FnOnce()) -> String {
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let sink = Sink::default();
-    let writer = sink.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    let text = sink.0.lock().unwrap().clone();
-    String::from_utf8(text).unwrap()
 }
 
 fn assert_reset(h: &mut Harness, host: &mut UnixStream, port: u32, local: u32) {
