@@ -41,4 +41,8 @@ pub struct FsMetrics {
     pub dropped_chains: AtomicU64,
     /// Requests refused by husk's policy on top of the passthrough filesystem.
     pub refused: AtomicU64,
+    /// Bytes of the requests handed to the server (FUSE headers included).
+    pub bytes_in: AtomicU64,
+    /// Bytes of the replies written to the guest (FUSE headers included).
+    pub bytes_out: AtomicU64,
 }
