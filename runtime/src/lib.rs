@@ -3,8 +3,11 @@
 //!
 //! - `agent_client`: reaching husk-agent in the guest over the vsock bridge.
 //! - `config`: husk's configuration file.
+//! - `metrics`: each sandbox's Prometheus endpoint (`metrics.sock`).
 //! - `network`: pod networking (a tap in the pod's netns joined to the CNI
 //!   interface by tc redirects; what the guest's NIC must copy).
+//! - `procfs`: a process's memory (split guest / husk), threads and CPU
+//!   time, and the host's available memory, from /proc.
 //! - `sandbox`: a VM with its agent, and the containers in it.
 //! - `shim`: `containerd-shim-husk-v2`.
 //! - `stdio`: a guest process's streams bridged to FIFOs or host streams.
@@ -12,7 +15,9 @@
 //! - `size`: human memory sizes.
 pub mod agent_client;
 pub mod config;
+pub mod metrics;
 pub mod network;
+pub mod procfs;
 pub mod sandbox;
 pub mod shim;
 pub mod size;

@@ -17,7 +17,7 @@ use clap::Args;
 
 use super::boot::{IDLE_CMDLINE, IDLE_MARKER};
 use super::guest_process::GuestProcess;
-use super::procfs::{process_memory, MemFigures};
+use husk_runtime::procfs::{process_memory, MemFigures};
 use husk_runtime::size::parse_mem_size;
 
 #[derive(Args)]

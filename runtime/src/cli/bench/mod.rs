@@ -4,11 +4,8 @@ mod boot;
 mod clones;
 mod density;
 mod guest_process;
-mod procfs;
 mod start;
 mod syscalls;
-
-pub use procfs::monotonic_ns;
 
 use std::process::ExitCode;
 
