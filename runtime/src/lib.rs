@@ -1,6 +1,7 @@
 //! husk-runtime as a library: the parts of the runtime that the `husk`
 //! binary, the shim and the integration tests share.
 //!
+//! - `agent`: a sandbox's agent client, every call timed for the metrics.
 //! - `agent_client`: reaching husk-agent in the guest over the vsock bridge.
 //! - `config`: husk's configuration file.
 //! - `metrics`: each sandbox's Prometheus endpoint (`metrics.sock`).
@@ -13,6 +14,7 @@
 //! - `stdio`: a guest process's streams bridged to FIFOs or host streams.
 //! - `template`: starting sandboxes from a snapshot of a booted agent VM.
 //! - `size`: human memory sizes.
+pub mod agent;
 pub mod agent_client;
 pub mod config;
 pub mod metrics;

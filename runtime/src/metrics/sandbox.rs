@@ -75,7 +75,7 @@ pub struct SandboxMetrics {
     /// Monotonic ns of each phase (`Phase` order); 0 = not reached.
     phases: [AtomicU64; Phase::ALL.len()],
     vm: OnceLock<Arc<VmMetrics>>,
-    pub agent: AgentMetrics,
+    pub agent: Arc<AgentMetrics>,
     /// The guest image mapped into the VM, to tell it apart in smaps.
     guest_image: Option<PathBuf>,
 }
@@ -86,7 +86,7 @@ impl SandboxMetrics {
         let m = Self {
             phases: Default::default(),
             vm: OnceLock::new(),
-            agent: AgentMetrics::default(),
+            agent: Arc::new(AgentMetrics::default()),
             guest_image,
         };
         if let Some(&ns) = PROCESS_START_NS.get() {

@@ -13,7 +13,8 @@ use husk_agent_protocol::agent;
 use super::dir::{guest_mount_source, guest_rootfs};
 use super::mounts::{self, RootfsMount};
 use super::spec::BundleSpec;
-use super::{ctx, Sandbox, SandboxError, RPC_TIMEOUT};
+use super::{ctx, Sandbox, SandboxError, CREATE_TIMEOUT, RPC_TIMEOUT};
+use crate::metrics::Phase;
 
 /// A container to add.
 pub struct NewContainer<'a> {
@@ -37,6 +38,9 @@ impl Sandbox {
             target
         };
         let result = self.share_and_create(c, &spec, &host_root);
+        if result.is_ok() {
+            self.metrics.mark(Phase::ContainerCreated);
+        }
         if result.is_err() {
             self.unshare(c.id);
             if !c.rootfs.is_empty() {
@@ -74,7 +78,7 @@ impl Sandbox {
         };
         let resp = self
             .agent
-            .create_container(ctx(RPC_TIMEOUT), &req)
+            .create_container(ctx(CREATE_TIMEOUT), &req)
             .map_err(|e| SandboxError::rpc(format!("container {}: CreateContainer", c.id), e))?;
         tracing::info!(sandbox = %self.id, container = c.id, pid = resp.pid, "container created");
         Ok(resp.pid)
