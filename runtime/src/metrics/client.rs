@@ -1,6 +1,8 @@
 //! Scraping a husk process's metrics endpoint: what `husk metrics` and
 //! `husk bench density` do. One HTTP/1.0 GET, the whole answer read
-//! (bounded), the body returned when the status is 200.
+//! (bounded), the body returned when the status is 200; the socket peer's
+//! credentials say which process served it (the bench finds a containerd
+//! pod's husk process that way).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -15,10 +17,26 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The exposition text served at `socket`.
 pub fn scrape(socket: &Path) -> Result<String, MetricsError> {
+    scrape_from(socket).map(|s| s.text)
+}
+
+/// An exposition and the process that served it.
+#[derive(Debug, Clone)]
+pub struct Scraped {
+    pub text: String,
+    /// The serving process (the socket peer's credentials).
+    pub pid: Option<u32>,
+}
+
+/// The exposition served at `socket`, and who served it.
+pub fn scrape_from(socket: &Path) -> Result<Scraped, MetricsError> {
     let mut conn = UnixStream::connect(socket).map_err(|source| MetricsError::Connect {
         path: socket.to_path_buf(),
         source,
     })?;
+    let pid = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .and_then(|c| u32::try_from(c.pid()).ok());
     let io = |source| MetricsError::Io {
         path: socket.to_path_buf(),
         source,
@@ -43,5 +61,8 @@ pub fn scrape(socket: &Path) -> Result<String, MetricsError> {
             status: status.to_string(),
         });
     }
-    Ok(body.to_string())
+    Ok(Scraped {
+        text: body.to_string(),
+        pid,
+    })
 }

@@ -28,7 +28,7 @@ mod vm;
 
 use std::path::PathBuf;
 
-pub use client::scrape;
+pub use client::{scrape, scrape_from, Scraped};
 pub use parse::{parse, Exposition};
 pub use sandbox::{note_process_start, Phase, SandboxMetrics};
 pub use server::MetricsServer;

@@ -181,9 +181,7 @@ impl Parser {
     }
 
     fn sample(&mut self, line: &str) -> Result<(), ParseError> {
-        let name_end = line
-            .find(|c: char| c == '{' || c == ' ' || c == '\t')
-            .unwrap_or(line.len());
+        let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
         let name = &line[..name_end];
         if !valid_metric_name(name) {
             return self.err(format!("invalid metric name {name:?}"));
@@ -348,8 +346,9 @@ fn unescape_help(s: &str) -> String {
 /// Per label set (without `le`): buckets ascending and cumulative, a
 /// `+Inf` bucket equal to `_count`.
 fn check_histogram(f: &Family) -> Result<(), String> {
-    let mut groups: BTreeMap<Vec<(String, String)>, (Vec<(f64, f64)>, Option<f64>)> =
-        BTreeMap::new();
+    /// (le, cumulative count) of each bucket, and `_count`.
+    type Series = (Vec<(f64, f64)>, Option<f64>);
+    let mut groups: BTreeMap<Vec<(String, String)>, Series> = BTreeMap::new();
     for s in &f.samples {
         let mut key: Vec<(String, String)> = s
             .labels

@@ -189,10 +189,12 @@ mod tests {
             }),
         )
         .unwrap();
+        let first = super::super::client::scrape_from(&path).unwrap();
         assert_eq!(
-            scrape(&path).unwrap(),
+            first.text,
             "# TYPE husk_test_scrapes_total counter\nhusk_test_scrapes_total 1\n"
         );
+        assert_eq!(first.pid, Some(std::process::id()), "the server's pid");
         assert!(
             scrape(&path).unwrap().ends_with(" 2\n"),
             "rendered per scrape"
