@@ -15,6 +15,8 @@
 #                        (docker.io/husk/busybox:latest)
 #   HUSK_PAUSE_OCI       the pod sandbox image for CRI (husk.local/pause:1),
 #                        husk-pause as /pause
+#   HUSK_PAUSE           husk-pause itself (static): the idle container of
+#                        `husk bench density --via husk`
 # Progress goes to stderr.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -105,3 +107,4 @@ echo "HUSK_AGENT_INITRD=$agent_initrd"
 echo "HUSK_AGENT_IMAGE=$agent_image"
 echo "HUSK_BUSYBOX_OCI=$busybox_oci"
 echo "HUSK_PAUSE_OCI=$pause_oci"
+echo "HUSK_PAUSE=$pause"

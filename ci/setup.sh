@@ -2,7 +2,7 @@
 # Installs the host packages husk's build and tests need (idempotent).
 set -euo pipefail
 pkgs=(build-essential bc bison flex libelf-dev xz-utils cpio busybox-static erofs-utils containerd
-  protobuf-compiler containernetworking-plugins iproute2)
+  protobuf-compiler containernetworking-plugins iproute2 fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

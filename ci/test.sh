@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/ci/setup.sh"
 eval "$("$root/ci/guest-assets.sh")"
-export HUSK_KERNEL HUSK_INITRD HUSK_BUSYBOX_INITRD HUSK_PMEM_IMAGE HUSK_AGENT_INITRD HUSK_AGENT_IMAGE HUSK_BUSYBOX_OCI HUSK_PAUSE_OCI
+export HUSK_KERNEL HUSK_INITRD HUSK_BUSYBOX_INITRD HUSK_PMEM_IMAGE HUSK_AGENT_INITRD HUSK_AGENT_IMAGE HUSK_BUSYBOX_OCI HUSK_PAUSE_OCI HUSK_PAUSE
 cd "$root"
 # The discipline first: formatting and every lint (clippy's
 # undocumented_unsafe_blocks among them), as errors.

@@ -4,8 +4,9 @@
 #
 #   busybox-bundle.sh OUT_DIR [ARGS...]     (default ARGS: sh)
 #
-# The spec is the usual runtime default: pid, ipc, uts and mount
-# namespaces, /proc, /dev, /dev/pts, /dev/shm, /sys, runc's default
+# The spec is the usual runtime default: pid, ipc, uts, mount and network
+# namespaces (husk refuses the host's network: a sandbox's network is its
+# VM's), /proc, /dev, /dev/pts, /dev/shm, /sys, runc's default
 # capabilities, root as uid 0. OUT_DIR must not exist yet. Prints OUT_DIR.
 set -euo pipefail
 [ $# -ge 1 ] || { echo "usage: $0 OUT_DIR [ARGS...]" >&2; exit 2; }
@@ -42,7 +43,7 @@ spec = {
         {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
     ],
     "linux": {
-        "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")],
+        "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "network")],
         "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
         "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"],
     },

@@ -290,6 +290,62 @@ impl HuskConfig {
     }
 }
 
+impl HuskConfig {
+    /// This configuration as a config file (every key), e.g. for pods a
+    /// bench starts with sizes of its own.
+    pub fn to_toml(&self) -> String {
+        let g = &self.guest;
+        let r = &self.runtime;
+        let q = |p: &Path| toml_string(&p.display().to_string());
+        let boot = match g.boot {
+            GuestBoot::Image => "image",
+            GuestBoot::Initrd => "initrd",
+        };
+        let compat = match g.compat {
+            CompatMode::Auto => "auto",
+            CompatMode::On => "on",
+            CompatMode::Off => "off",
+        };
+        let template = match &r.template {
+            TemplateMode::Auto => toml_string("auto"),
+            TemplateMode::Off => toml_string("off"),
+            TemplateMode::Path(p) => q(p),
+        };
+        format!(
+            "[guest]\nkernel = {}\nimage = {}\ninitrd = {}\nboot = \"{boot}\"\nvcpus = {}\n\
+             memory = \"{}K\"\nmax_vcpus = {}\nmax_memory = \"{}K\"\ncompat = \"{compat}\"\n\n\
+             [runtime]\nlog_level = {}\nstate_dir = {}\nboot_timeout_secs = {}\n\
+             template = {template}\ntemplate_dir = {}\n",
+            q(&g.kernel),
+            q(&g.image),
+            q(&g.initrd),
+            g.vcpus,
+            g.memory >> 10,
+            g.max_vcpus,
+            g.max_memory >> 10,
+            toml_string(&r.log_level),
+            q(&r.state_dir),
+            r.boot_timeout_secs,
+            q(&r.template_dir),
+        )
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The default config file `husk install` writes: every key, commented.
 pub fn default_config_text(share_dir: &Path) -> String {
     let d = GuestConfig::default();
@@ -404,6 +460,33 @@ mod tests {
         assert!(
             err.contains("runtime.state_dir") && err.contains("socket path"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let mut c = HuskConfig::default();
+        c.guest.kernel = PathBuf::from("/odd \"dir\"\\/vmlinux");
+        c.guest.boot = GuestBoot::Initrd;
+        c.guest.memory = 300 << 20;
+        c.guest.vcpus = 2;
+        c.guest.compat = CompatMode::On;
+        c.runtime.template = TemplateMode::Path("/t/x".into());
+        c.runtime.boot_timeout_secs = 77;
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back.guest.kernel, c.guest.kernel);
+        assert_eq!(back.guest.boot, GuestBoot::Initrd);
+        assert_eq!(back.guest.memory, 300 << 20);
+        assert_eq!(back.guest.vcpus, 2);
+        assert_eq!(back.guest.max_memory, c.guest.max_memory);
+        assert_eq!(back.guest.compat, CompatMode::On);
+        assert_eq!(back.runtime.template, TemplateMode::Path("/t/x".into()));
+        assert_eq!(back.runtime.boot_timeout_secs, 77);
+        assert_eq!(back.runtime.state_dir, c.runtime.state_dir);
+        c.runtime.template = TemplateMode::Off;
+        assert_eq!(
+            parse(&c.to_toml()).unwrap().runtime.template,
+            TemplateMode::Off
         );
     }
 

@@ -8,6 +8,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
+    husk_runtime::metrics::note_process_start();
     // containerd runs this binary as `containerd-shim-husk-v2` (a link).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let name = argv

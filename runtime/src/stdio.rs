@@ -21,8 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 
+use crate::agent::Agent;
 use crate::sandbox::{blocking_ctx, ctx, RPC_TIMEOUT};
 
 /// Bytes per ReadStdout / WriteStdin call.
@@ -68,13 +68,13 @@ pub struct StdioCopiers {
     outputs_done: Receiver<()>,
     outputs: usize,
     stdin_closed: Arc<AtomicBool>,
-    agent: AgentServiceClient,
+    agent: Agent,
     process: ProcessId,
     _threads: Vec<JoinHandle<()>>,
 }
 
 impl StdioCopiers {
-    pub fn start(agent: &AgentServiceClient, process: &ProcessId, io: ProcessStdio) -> Self {
+    pub fn start(agent: &Agent, process: &ProcessId, io: ProcessStdio) -> Self {
         let (done_tx, outputs_done) = channel();
         let stdin_closed = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -155,7 +155,7 @@ fn open_sink(sink: Endpoint) -> std::io::Result<Box<dyn Write + Send>> {
     }
 }
 
-fn copy_out(agent: &AgentServiceClient, p: &ProcessId, is_stderr: bool, sink: Endpoint) {
+fn copy_out(agent: &Agent, p: &ProcessId, is_stderr: bool, sink: Endpoint) {
     let mut out = match open_sink(sink) {
         Ok(o) => Some(o),
         Err(e) => {
@@ -201,7 +201,7 @@ fn open_source(source: Endpoint) -> std::io::Result<Box<dyn Read + Send>> {
     }
 }
 
-fn copy_in(agent: &AgentServiceClient, p: &ProcessId, source: Endpoint, closed: &AtomicBool) {
+fn copy_in(agent: &Agent, p: &ProcessId, source: Endpoint, closed: &AtomicBool) {
     let mut input = match open_source(source) {
         Ok(i) => i,
         Err(e) => {
@@ -229,7 +229,7 @@ fn copy_in(agent: &AgentServiceClient, p: &ProcessId, source: Endpoint, closed: 
 }
 
 /// WriteStdin until all of `data` is taken; false when the process is gone.
-fn write_guest_stdin(agent: &AgentServiceClient, p: &ProcessId, mut data: &[u8]) -> bool {
+fn write_guest_stdin(agent: &Agent, p: &ProcessId, mut data: &[u8]) -> bool {
     while !data.is_empty() {
         let req = agent::WriteStreamRequest {
             container_id: p.container.clone(),
@@ -249,7 +249,7 @@ fn write_guest_stdin(agent: &AgentServiceClient, p: &ProcessId, mut data: &[u8])
     true
 }
 
-fn close_guest_stdin(agent: &AgentServiceClient, p: &ProcessId) {
+fn close_guest_stdin(agent: &Agent, p: &ProcessId) {
     let req = agent::CloseStdinRequest {
         container_id: p.container.clone(),
         exec_id: p.exec.clone(),

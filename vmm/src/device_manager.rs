@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::boot::cmdline::{CmdlineBuildError, KernelCmdline};
 use crate::device_memory::{DeviceMemory, DeviceMemoryError, SlotAccess};
+use crate::metrics::DeviceMetrics;
 use crate::net::NetSpec;
 use crate::pmem::{ImageFs, PmemImage, PmemImageError, PmemSpec};
 use crate::resources::{GuestResources, ResourceError};
@@ -101,6 +102,8 @@ pub struct DeviceManager {
     pub pmem_bases: Vec<u64>,
     /// What each net device shows its guest, in the order added.
     pub nets: Vec<NetConfig>,
+    /// Every device's counters.
+    pub metrics: DeviceMetrics,
 }
 
 impl DeviceManager {
@@ -120,7 +123,9 @@ impl DeviceManager {
             max_connections: VSOCK_MAX_CONNECTIONS,
             handshake_timeout: husk_devices::vsock::DEFAULT_HANDSHAKE_TIMEOUT,
         };
-        let device = Arc::new(Mutex::new(VsockDevice::new(&config)?));
+        let device = VsockDevice::new(&config)?;
+        self.metrics.vsock = Some(device.metrics());
+        let device = Arc::new(Mutex::new(device));
         self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
         Ok(())
@@ -148,7 +153,9 @@ impl DeviceManager {
             ?fs,
             "pmem image mapped"
         );
-        let device = Arc::new(Mutex::new(PmemDevice::new(image.file, base.0, size)?));
+        let device = PmemDevice::new(image.file, base.0, size)?;
+        self.metrics.pmem.push(device.metrics());
+        let device = Arc::new(Mutex::new(device));
         self.pmem_bases.push(base.0);
         self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
@@ -158,7 +165,9 @@ impl DeviceManager {
     /// Adds a virtio-net device behind `spec.tap` (or none).
     pub fn add_net(&mut self, ctx: &mut DeviceContext, spec: &NetSpec) -> Result<(), DeviceError> {
         let config = spec.device_config();
-        let device = Arc::new(Mutex::new(NetDevice::new(config, spec.tap.clone())?));
+        let device = NetDevice::new(config, spec.tap.clone())?;
+        self.metrics.net.push(device.metrics());
+        let device = Arc::new(Mutex::new(device));
         self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);
         self.nets.push(config);
@@ -195,6 +204,7 @@ impl DeviceManager {
                 "virtio-fs DAX window mapped"
             );
         }
+        self.metrics.fs.push((config.tag.clone(), device.metrics()));
         let device = Arc::new(Mutex::new(device));
         self.add_mmio(ctx, device.clone())?;
         self.subscribers.push(device);

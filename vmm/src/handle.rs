@@ -8,9 +8,11 @@
 //! process: the VMM lives in the caller's process, as husk's shim needs.
 
 use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::metrics::VmMetrics;
 use crate::vm::{RunReport, Vm, VmConfig, VmError, VmStopper};
 
 /// What a running VM tells its holder.
@@ -28,6 +30,7 @@ pub struct VmHandle {
     stopper: VmStopper,
     thread: Option<JoinHandle<Result<RunReport, VmError>>>,
     cmdline: String,
+    metrics: Arc<VmMetrics>,
 }
 
 impl VmHandle {
@@ -37,6 +40,7 @@ impl VmHandle {
         let vm = Vm::new(config)?;
         let stopper = vm.stopper()?;
         let cmdline = vm.cmdline().to_string();
+        let metrics = vm.metrics();
         let (tx, events) = channel();
         let thread = std::thread::Builder::new()
             .name("husk-vmm".into())
@@ -51,7 +55,13 @@ impl VmHandle {
             stopper,
             thread: Some(thread),
             cmdline,
+            metrics,
         })
+    }
+
+    /// What the VM counts: exits by reason, device counters, first entry.
+    pub fn metrics(&self) -> Arc<VmMetrics> {
+        self.metrics.clone()
     }
 
     /// The command line the guest was given.

@@ -7,9 +7,10 @@
 //! windows, IRQs, memory slots and device-memory ranges), `device_manager`
 //! (virtio devices and their thread), `net` (network cards and their taps),
 //! `device_memory` and `pmem` (host mappings above RAM: pmem images,
-//! shared-memory windows), `vcpu` (run loop), and `compat` (everything for
-//! software-KVM hosts: the profile, CPUID, instruction fallbacks, the guest
-//! page walker).
+//! shared-memory windows), `vcpu` (run loop), `metrics` (what a running
+//! VM counts: exits by reason, device counters), and `compat` (everything
+//! for software-KVM hosts: the profile, CPUID, instruction fallbacks, the
+//! guest page walker).
 
 pub mod boot;
 pub mod compat;
@@ -20,6 +21,7 @@ pub mod handle;
 pub mod kvm_setup;
 pub mod layout;
 pub mod memory;
+pub mod metrics;
 pub mod net;
 pub mod pmem;
 pub mod resources;
@@ -36,6 +38,7 @@ pub use husk_devices::fs::{CacheMode, FsConfig};
 /// Rate limits for guest-triggered log lines; the binary installs its `log` bridge.
 pub use husk_devices::log_budget;
 pub use husk_devices::net::{MacAddr, Tap, TapError};
+pub use metrics::{ExitReason, VmMetrics};
 pub use net::NetSpec;
 pub use pmem::PmemSpec;
 pub use vm::{ConsoleTarget, RunReport, Vm, VmConfig, VmError, VmOutcome, VmStopper};

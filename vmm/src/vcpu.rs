@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::compat::guest_walk;
 use crate::compat::insn_fallback::{self, Fallback};
 use crate::compat::xsave_fallback::{self, XsaveInsn, XsaveLayout, XsaveOp};
+use crate::metrics::{ExitReason, VmMetrics};
 use crate::snapshot::kvm_state::VcpuState;
 
 const GP_VECTOR: u8 = 13;
@@ -62,6 +63,8 @@ pub struct Vcpu {
     pub events: Sender<VcpuEvent>,
     /// Written after each event so the control thread wakes up.
     pub wake: EventFd,
+    /// Where this vCPU counts its exits.
+    pub metrics: Arc<VmMetrics>,
 }
 
 enum Step {
@@ -73,6 +76,7 @@ impl Vcpu {
     /// Runs the guest until the VM stops or this vCPU hits a fatal exit.
     pub fn run(mut self) {
         if self.id == 0 {
+            self.metrics.mark_first_entry();
             self.report(VcpuEvent::FirstEntry { at: Instant::now() });
         }
         if let Some(hook) = self.on_first_entry {
@@ -122,11 +126,13 @@ impl Vcpu {
 
     fn step(&mut self) -> Step {
         let cpu = self.id;
+        let exits = &self.metrics.vcpus[usize::from(cpu)];
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             // Kicked by the control thread, or a spurious wake-up: check `stop`.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Step::Continue
+                exits.count(ExitReason::Interrupted);
+                return Step::Continue;
             }
             Err(e) => {
                 return Step::Exit(VcpuEvent::Failed {
@@ -135,6 +141,7 @@ impl Vcpu {
                 })
             }
         };
+        exits.count(exit_reason(&exit));
         match exit {
             VcpuExit::IoIn(port, data) => {
                 if !self.pio.read(port as u64, data) {
@@ -322,5 +329,21 @@ impl Vcpu {
         self.fd
             .set_vcpu_events(&events)
             .map_err(|e| format!("KVM_SET_VCPU_EVENTS failed: {e}"))
+    }
+}
+
+/// The metrics' name for an exit.
+fn exit_reason(exit: &VcpuExit) -> ExitReason {
+    match exit {
+        VcpuExit::IoIn(..) => ExitReason::IoIn,
+        VcpuExit::IoOut(..) => ExitReason::IoOut,
+        VcpuExit::MmioRead(..) => ExitReason::MmioRead,
+        VcpuExit::MmioWrite(..) => ExitReason::MmioWrite,
+        VcpuExit::Hlt => ExitReason::Hlt,
+        VcpuExit::Shutdown => ExitReason::Shutdown,
+        VcpuExit::SystemEvent(..) => ExitReason::SystemEvent,
+        VcpuExit::InternalError => ExitReason::InternalError,
+        VcpuExit::FailEntry(..) => ExitReason::FailEntry,
+        _ => ExitReason::Other,
     }
 }

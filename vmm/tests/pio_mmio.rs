@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use husk_devices::bus::{Bus, BusDevice};
 use husk_vmm::kvm_setup;
+use husk_vmm::metrics::{DeviceMetrics, ExitReason, VmMetrics};
 use husk_vmm::vcpu::Vcpu;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -117,6 +118,7 @@ fn pio_and_mmio_reach_their_bus_devices() {
     fd.set_regs(&regs).unwrap();
 
     let (tx, rx) = channel();
+    let metrics = Arc::new(VmMetrics::new(2, 0, DeviceMetrics::default()));
     let vcpu = Vcpu {
         id: 1, // not the boot vCPU: no first-entry event
         fd,
@@ -130,6 +132,7 @@ fn pio_and_mmio_reach_their_bus_devices() {
         msr_index: Arc::new(Vec::new()),
         events: tx,
         wake: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+        metrics: metrics.clone(),
     };
     vcpu.run();
     assert!(stop.load(Ordering::Acquire), "guest reached its end marker");
@@ -152,5 +155,16 @@ fn pio_and_mmio_reach_their_bus_devices() {
         *mmio_log.lock().unwrap(),
         vec![Access::Write(0, vec![0xa5]), Access::Read(0x10, 2)]
     );
+    // Every access was one exit, counted by reason on vCPU 1.
+    let exits = &metrics.vcpus[1];
+    assert_eq!(
+        exits.get(ExitReason::IoOut),
+        4,
+        "3 probe writes and the end marker"
+    );
+    assert_eq!(exits.get(ExitReason::IoIn), 1);
+    assert_eq!(exits.get(ExitReason::MmioWrite), 1);
+    assert_eq!(exits.get(ExitReason::MmioRead), 1);
+    assert_eq!(metrics.vcpus[0].total(), 0);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use husk_vmm::boot::params::{e820_map, E820_RAM};
-use husk_vmm::{CompatMode, ConsoleTarget, Vm, VmConfig, VmOutcome};
+use husk_vmm::{CompatMode, ConsoleTarget, ExitReason, Vm, VmConfig, VmOutcome};
 
 const GUEST: &str = r#"
 .section .note.Xen, "a", @note
@@ -142,10 +142,21 @@ fn pvh_guest_sees_the_promised_boot_state() {
         net: Vec::new(),
         template: None,
     };
-    let report = Vm::new(&config).unwrap().run().unwrap();
+    let vm = Vm::new(&config).unwrap();
+    let metrics = vm.metrics();
+    let report = vm.run().unwrap();
     assert_eq!(report.outcome, VmOutcome::Reset);
 
     let text = std::fs::read_to_string(&console).unwrap();
+    // Every console byte was one port write; the VM counted each exit.
+    assert!(
+        metrics.exits(ExitReason::IoOut) >= text.len() as u64,
+        "{} io_out exits for {} console bytes",
+        metrics.exits(ExitReason::IoOut),
+        text.len()
+    );
+    assert!(metrics.first_entry_ns().is_some());
+    assert_eq!(metrics.mem_bytes, mem_bytes);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "console: {text}");
     let regs: Vec<u32> = lines[0]

@@ -51,4 +51,8 @@ pub struct FsMetrics {
     /// Writes, truncations and fallocates cut short or refused (ENOSPC) by
     /// the share's size limit.
     pub over_limit: AtomicU64,
+    /// Bytes of the requests handed to the server (FUSE headers included).
+    pub bytes_in: AtomicU64,
+    /// Bytes of the replies written to the guest (FUSE headers included).
+    pub bytes_out: AtomicU64,
 }

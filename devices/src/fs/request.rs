@@ -29,6 +29,20 @@ pub(super) fn serve_chain(
     dax: Option<&mut dyn FsCacheReqHandler>,
     metrics: &FsMetrics,
 ) -> u32 {
+    let used = serve(mem, chain, server, dax, metrics);
+    metrics
+        .bytes_out
+        .fetch_add(u64::from(used), Ordering::Relaxed);
+    used
+}
+
+fn serve(
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    server: &FuseServer,
+    dax: Option<&mut dyn FsCacheReqHandler>,
+    metrics: &FsMetrics,
+) -> u32 {
     let reader = match Reader::from_descriptor_chain(mem, chain.clone()) {
         Ok(reader) => reader,
         Err(e) => return dropped(metrics, &format!("unusable readable buffers: {e}")),
@@ -37,6 +51,9 @@ pub(super) fn serve_chain(
         return dropped(metrics, "no complete FUSE request header");
     };
     metrics.requests.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .bytes_in
+        .fetch_add(reader.available_bytes() as u64, Ordering::Relaxed);
     let writer = match VirtioFsWriter::new(mem, chain.clone()) {
         Ok(writer) => Writer::from(writer),
         Err(e) => return dropped(metrics, &format!("unusable writable buffers: {e}")),

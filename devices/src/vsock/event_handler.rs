@@ -74,6 +74,9 @@ fn process_tx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &Vsock
         match TxPacket::parse(mem, chain) {
             Ok(pkt) => {
                 metrics.tx_packets.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .tx_bytes
+                    .fetch_add(pkt.data_len() as u64, Ordering::Relaxed);
                 muxer.send_pkt(&pkt);
             }
             Err(e) => {
@@ -121,6 +124,9 @@ fn process_rx(active: &mut ActiveQueues, muxer: &mut VsockMuxer, metrics: &Vsock
                     break;
                 };
                 metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .rx_bytes
+                    .fetch_add(u64::from(hdr.len()), Ordering::Relaxed);
                 PKT_HEADER_SIZE as u32 + hdr.len()
             }
             Err(e) => {

@@ -34,6 +34,10 @@ pub const VIRTIO_ID_VSOCK: u32 = 19;
 pub struct VsockMetrics {
     pub tx_packets: AtomicU64,
     pub rx_packets: AtomicU64,
+    /// Payload bytes of the packets the guest sent (TX) and was given (RX),
+    /// headers excluded.
+    pub tx_bytes: AtomicU64,
+    pub rx_bytes: AtomicU64,
     /// Guest buffers or packets rejected as malformed.
     pub malformed: AtomicU64,
     pub rst_sent: AtomicU64,

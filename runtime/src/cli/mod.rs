@@ -1,10 +1,12 @@
-//! Command-line interface: `husk run`, `husk vm`, `husk bench` (and, by
-//! its other name, the containerd shim: see `husk_runtime::shim`).
+//! Command-line interface: `husk run`, `husk vm`, `husk metrics`, `husk
+//! bench` (and, by its other name, the containerd shim: see
+//! `husk_runtime::shim`).
 
 mod bench;
 mod check;
 mod fs_share;
 mod install;
+mod metrics;
 mod net_arg;
 mod run;
 mod sandbox_vm;
@@ -36,6 +38,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Install husk, its containerd shim, the guest kernel and images, and a config.
     Install(install::InstallArgs),
+    /// Print a running sandbox's Prometheus metrics.
+    Metrics(metrics::MetricsArgs),
     /// Make VM templates (snapshots of a booted agent VM).
     #[command(subcommand)]
     Template(template::TemplateCommand),
@@ -65,6 +69,7 @@ pub fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::Install(args) => install::run(args),
+        Command::Metrics(args) => metrics::run(args),
         Command::Template(cmd) => template::run(cmd),
         Command::SandboxVm(args) => sandbox_vm::run(args),
         Command::Vm(args) => vm::run(args, started),

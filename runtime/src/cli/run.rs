@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use husk_agent_protocol::agent;
 use husk_runtime::config::HuskConfig;
+use husk_runtime::metrics::Phase;
 use husk_runtime::sandbox::spec::BundleSpec;
 use husk_runtime::sandbox::{
     blocking_ctx, ctx, NewContainer, Sandbox, SandboxSettings, GUEST_WORK_TIMEOUT, RPC_TIMEOUT,
@@ -126,6 +127,7 @@ fn run_container(
     agent
         .start_container(ctx(GUEST_WORK_TIMEOUT), &start)
         .context("starting the container")?;
+    sandbox.metrics().mark(Phase::ContainerRunning);
     if tty {
         super::terminal::send_size(agent, id);
     }

@@ -5,7 +5,7 @@
 use std::os::fd::AsFd;
 
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_runtime::agent::Agent;
 use husk_runtime::sandbox::{ctx, RPC_TIMEOUT};
 use nix::sys::termios::{self, SetArg, Termios};
 
@@ -32,7 +32,7 @@ impl Drop for RawTerminal {
 
 /// Sends this terminal's size to the container's pty (nothing if stdout is
 /// not a terminal).
-pub fn send_size(agent: &AgentServiceClient, id: &str) {
+pub fn send_size(agent: &Agent, id: &str) {
     // SAFETY: winsize is plain data; TIOCGWINSZ fills it from a valid fd.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes one winsize through a valid pointer.

@@ -175,6 +175,6 @@ pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
 fn print_first_entry() {
     eprintln!(
         "husk-timing: first_guest_entry_monotonic_ns={}",
-        crate::cli::bench::monotonic_ns()
+        husk_vmm::metrics::monotonic_ns()
     );
 }

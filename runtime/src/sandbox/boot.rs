@@ -7,15 +7,18 @@
 //! on the agent's ready port; the agent connects there once it serves, so
 //! the wait is for that one event (or the VM's end, or the timeout), not a
 //! loop of CONNECT attempts. Then CreateSandbox mounts the shared directory.
+//! The sandbox's metrics endpoint (`<dir>/metrics.sock`) serves from the
+//! moment the directory exists, so the start phases can be watched as they
+//! are reached; a socket that cannot be bound is logged, not fatal.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_vmm::{ConsoleTarget, PmemSpec, VmConfig, VmHandle};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -24,8 +27,10 @@ use super::host::{release_recorded, HostResources};
 use super::size::{vm_size, VmSize};
 use super::spec::{BundleSpec, SandboxNetwork};
 use super::{ctx, Sandbox, SandboxError, RPC_TIMEOUT};
+use crate::agent::Agent;
 use crate::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 use crate::config::{GuestBoot, HuskConfig};
+use crate::metrics::{MetricsServer, Phase, SandboxMetrics};
 
 /// The guest's CID; every sandbox has its own vsock device, so all can use 3.
 const GUEST_CID: u64 = 3;
@@ -83,6 +88,7 @@ impl Sandbox {
     /// in the guest. On failure nothing is left behind.
     pub fn boot(s: &SandboxSettings) -> Result<Sandbox, SandboxError> {
         let started = Instant::now();
+        let metrics = Arc::new(SandboxMetrics::new(guest_image(&s.config)));
         s.config.check_guest_files()?;
         let template = crate::template::resolve(&s.config, s.size, s.boot_timeout)?;
         let dir = SandboxDir::new(&s.config.runtime.state_dir, &s.id);
@@ -90,12 +96,16 @@ impl Sandbox {
         release_recorded(&dir);
         dir.remove()?;
         dir.create()?;
+        let observed = Observed {
+            server: serve_metrics(&s.id, &dir, &metrics),
+            metrics,
+        };
         let result = HostResources::acquire(&dir, s.cgroups_path.as_deref(), &s.network)
             .map_err(|e| SandboxError::Host {
                 id: s.id.clone(),
                 source: e,
             })
-            .and_then(|host| boot_in(s, &dir, started, template.as_deref(), host));
+            .and_then(|host| boot_in(s, &dir, started, template.as_deref(), host, observed));
         if result.is_err() {
             if let Err(e) = dir.remove() {
                 tracing::warn!(sandbox = %s.id, "removing the directory of a failed boot: {e}");
@@ -105,6 +115,35 @@ impl Sandbox {
     }
 }
 
+/// The sandbox's metrics and their endpoint.
+struct Observed {
+    metrics: Arc<SandboxMetrics>,
+    server: Option<MetricsServer>,
+}
+
+/// Serves `metrics` on `<dir>/metrics.sock`; a failure is logged.
+fn serve_metrics(
+    id: &str,
+    dir: &SandboxDir,
+    metrics: &Arc<SandboxMetrics>,
+) -> Option<MetricsServer> {
+    let m = metrics.clone();
+    match MetricsServer::start(&dir.metrics_socket(), Arc::new(move || m.render())) {
+        Ok(server) => Some(server),
+        Err(e) => {
+            tracing::warn!(sandbox = %id, "no metrics endpoint: {e}");
+            None
+        }
+    }
+}
+
+/// The guest image's path as smaps shows it, when the guest boots from one.
+fn guest_image(config: &HuskConfig) -> Option<PathBuf> {
+    let image = &config.guest.image;
+    (config.guest.boot == GuestBoot::Image)
+        .then(|| std::fs::canonicalize(image).unwrap_or_else(|_| image.clone()))
+}
+
 /// Boots the VM with `host`'s resources; they are released if it fails.
 fn boot_in(
     s: &SandboxSettings,
@@ -112,18 +151,22 @@ fn boot_in(
     started: Instant,
     template: Option<&Path>,
     mut host: HostResources,
+    observed: Observed,
 ) -> Result<Sandbox, SandboxError> {
-    let result = boot_with(s, dir, started, template, &host);
+    let result = boot_with(s, dir, started, template, &host, &observed.metrics);
     match result {
         Ok((vm, agent, timings)) => Ok(Sandbox {
             id: s.id.clone(),
             dir: dir.clone(),
-            vm: std::sync::Mutex::new(Some(vm)),
+            vm: Mutex::new(Some(vm)),
             agent,
             timings,
-            host: std::sync::Mutex::new(host),
+            host: Mutex::new(host),
+            metrics: observed.metrics,
+            metrics_server: Mutex::new(observed.server),
         }),
         Err(e) => {
+            drop(observed.server);
             host.release();
             Err(e)
         }
@@ -136,21 +179,34 @@ fn boot_with(
     started: Instant,
     template: Option<&Path>,
     host: &HostResources,
-) -> Result<(VmHandle, AgentServiceClient, BootTimings), SandboxError> {
+    metrics: &SandboxMetrics,
+) -> Result<(VmHandle, Agent, BootTimings), SandboxError> {
     let mut config = guest_vm_config(&s.config, s.size, dir, template);
     config.net = vec![host.nic()];
     let vm = match template {
-        None => start_and_wait_ready(&s.id, &config, dir, s.boot_timeout)?,
-        Some(_) => start_vm(&s.id, &config)?,
+        None => {
+            let ready = bind_ready(&s.id, dir)?;
+            let vm = start_vm(&s.id, &config)?;
+            metrics.set_vm(vm.metrics());
+            wait_ready(&s.id, s.boot_timeout, dir, &ready, &vm)?;
+            vm
+        }
+        Some(_) => {
+            let vm = start_vm(&s.id, &config)?;
+            metrics.set_vm(vm.metrics());
+            vm
+        }
     };
     let agent_ready = Instant::now();
-    let agent =
+    let client =
         connect_agent(&dir.vsock_socket(), AGENT_VSOCK_PORT, RPC_TIMEOUT).map_err(|source| {
             SandboxError::Agent {
                 id: s.id.clone(),
                 source,
             }
         })?;
+    let agent = Agent::new(client, metrics.agent.clone());
+    metrics.mark(Phase::AgentReady);
     if template.is_some() {
         make_clone_its_own(&s.id, &agent)?;
     }
@@ -166,6 +222,7 @@ fn boot_with(
     if let Some(net) = host.network() {
         configure_guest_network(&s.id, &agent, net)?;
     }
+    metrics.mark(Phase::SandboxReady);
     tracing::info!(
         sandbox = %s.id,
         from_template = template.is_some(),
@@ -183,7 +240,7 @@ fn boot_with(
 /// addresses, then its routes.
 fn configure_guest_network(
     id: &str,
-    agent: &AgentServiceClient,
+    agent: &Agent,
     net: &crate::network::PodNetwork,
 ) -> Result<(), SandboxError> {
     agent
@@ -226,17 +283,22 @@ pub fn start_and_wait_ready(
     dir: &SandboxDir,
     timeout: Duration,
 ) -> Result<VmHandle, SandboxError> {
-    let ready = UnixListener::bind(dir.ready_socket()).map_err(|source| SandboxError::Ready {
-        id: id.to_string(),
-        source,
-    })?;
+    let ready = bind_ready(id, dir)?;
     let vm = start_vm(id, config)?;
     wait_ready(id, timeout, dir, &ready, &vm)?;
     Ok(vm)
 }
 
+/// Listens where the agent's ready call arrives (before the VM starts).
+fn bind_ready(id: &str, dir: &SandboxDir) -> Result<UnixListener, SandboxError> {
+    UnixListener::bind(dir.ready_socket()).map_err(|source| SandboxError::Ready {
+        id: id.to_string(),
+        source,
+    })
+}
+
 /// A clone of a template gets the host's wall clock and host entropy.
-fn make_clone_its_own(id: &str, agent: &AgentServiceClient) -> Result<(), SandboxError> {
+fn make_clone_its_own(id: &str, agent: &Agent) -> Result<(), SandboxError> {
     let mut entropy = vec![0u8; 64];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))

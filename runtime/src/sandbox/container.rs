@@ -14,6 +14,7 @@ use super::dir::{guest_mount_source, guest_rootfs};
 use super::mounts::{self, RootfsMount};
 use super::spec::BundleSpec;
 use super::{ctx, Sandbox, SandboxError, GUEST_WORK_TIMEOUT};
+use crate::metrics::Phase;
 
 /// A container to add.
 pub struct NewContainer<'a> {
@@ -37,6 +38,9 @@ impl Sandbox {
             target
         };
         let result = self.share_and_create(c, &spec, &host_root);
+        if result.is_ok() {
+            self.metrics.mark(Phase::ContainerCreated);
+        }
         if result.is_err() {
             self.unshare(c.id);
             if !c.rootfs.is_empty() {

@@ -7,6 +7,7 @@
 //! vsock.sock         the vsock device's host socket; vsock.sock_1025 is
 //!                    where the agent says it is ready
 //! console.log        the guest console
+//! metrics.sock       the husk process's Prometheus metrics (HTTP GET)
 //! ```
 //!
 //! Removing it unmounts whatever is still mounted below it first, so a
@@ -96,6 +97,11 @@ impl SandboxDir {
 
     pub fn console(&self) -> PathBuf {
         self.root.join("console.log")
+    }
+
+    /// The metrics endpoint (shorter than the vsock sockets, so it fits).
+    pub fn metrics_socket(&self) -> PathBuf {
+        self.root.join("metrics.sock")
     }
 
     /// Unmounts everything below the directory, then removes it.

@@ -2,7 +2,8 @@
 //! in it, and its directory on the host. The shim and `husk run` both hold
 //! one and add containers to it.
 //!
-//! - `boot`: starting the VM and waiting for the agent's ready call.
+//! - `boot`: starting the VM and waiting for the agent's ready call; the
+//!   metrics endpoint (`metrics.sock`) serves from the start of the boot.
 //! - `container`: adding and removing containers (host mounts + agent RPCs).
 //! - `dir`: the sandbox's host directory layout.
 //! - `host`: the host resources a sandbox holds (cgroup, pod network),
@@ -20,11 +21,10 @@ pub mod mounts;
 pub mod size;
 pub mod spec;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc;
 use husk_vmm::VmHandle;
 
@@ -34,8 +34,10 @@ pub use boot::{
 pub use container::NewContainer;
 pub use dir::SandboxDir;
 
+use crate::agent::Agent;
 use crate::agent_client::AgentConnectError;
 use crate::config::ConfigError;
+use crate::metrics::{MetricsServer, SandboxMetrics};
 
 /// Timeout of an agent RPC that should answer at once. Generous: on a
 /// software-KVM host every guest system call costs ~300 us.
@@ -111,9 +113,12 @@ pub struct Sandbox {
     id: String,
     dir: SandboxDir,
     vm: Mutex<Option<VmHandle>>,
-    agent: AgentServiceClient,
+    agent: Agent,
     timings: BootTimings,
     host: Mutex<host::HostResources>,
+    metrics: Arc<SandboxMetrics>,
+    /// `<dir>/metrics.sock`; none if it could not be bound (logged).
+    metrics_server: Mutex<Option<MetricsServer>>,
 }
 
 pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
@@ -135,8 +140,14 @@ impl Sandbox {
     }
 
     /// The agent's client (cheap to clone; calls may run concurrently).
-    pub fn agent(&self) -> &AgentServiceClient {
+    pub fn agent(&self) -> &Agent {
         &self.agent
+    }
+
+    /// The sandbox's metrics (served on `metrics.sock`); callers mark the
+    /// container phases they reach.
+    pub fn metrics(&self) -> &Arc<SandboxMetrics> {
+        &self.metrics
     }
 
     pub fn timings(&self) -> &BootTimings {
@@ -169,8 +180,16 @@ impl Sandbox {
     pub fn shutdown(&self) -> Result<(), SandboxError> {
         self.stop_vm();
         self.release_host();
+        self.stop_metrics();
         self.dir.remove()?;
         Ok(())
+    }
+
+    fn stop_metrics(&self) {
+        self.metrics_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// The pod network and host cgroup go once the VM is gone.
@@ -222,6 +241,7 @@ impl Drop for Sandbox {
         if self.vm().is_some() {
             self.stop_vm();
             self.release_host();
+            self.stop_metrics();
             if let Err(e) = self.dir.remove() {
                 tracing::warn!(sandbox = %self.id, "removing the sandbox directory: {e}");
             }

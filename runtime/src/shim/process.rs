@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task::TaskExit;
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 
 use super::convert::timestamp;
 use super::events::{Publisher, TaskEvent};
+use crate::agent::Agent;
 use crate::sandbox::blocking_ctx;
 use crate::stdio::{Endpoint, ProcessId, ProcessStdio, StdioCopiers};
 
@@ -106,7 +106,7 @@ impl ProcessTask {
     }
 
     /// Connects containerd's FIFOs to the process's streams in the guest.
-    pub fn attach_io(&self, agent: &AgentServiceClient) {
+    pub fn attach_io(&self, agent: &Agent) {
         let io = ProcessStdio {
             stdin: Endpoint::fifo(&self.io.stdin),
             stdout: Endpoint::fifo(&self.io.stdout),
@@ -128,7 +128,7 @@ impl ProcessTask {
     }
 
     /// Waits for the exit in a thread of its own.
-    pub fn watch(self: &Arc<Self>, agent: AgentServiceClient, events: Publisher) {
+    pub fn watch(self: &Arc<Self>, agent: Agent, events: Publisher) {
         let me = self.clone();
         let span = tracing::info_span!("container", id = %self.container, exec = %self.exec);
         let spawned = std::thread::Builder::new()
@@ -143,7 +143,7 @@ impl ProcessTask {
         }
     }
 
-    fn wait_in_guest(&self, agent: &AgentServiceClient, events: &Publisher) {
+    fn wait_in_guest(&self, agent: &Agent, events: &Publisher) {
         let req = agent::WaitProcessRequest {
             container_id: self.container.clone(),
             exec_id: self.exec.clone(),

@@ -23,6 +23,7 @@ use super::convert::{metrics, timestamp, TaskError};
 use super::events::TaskEvent;
 use super::process::{IoPaths, ProcessTask, Status as ProcStatus};
 use super::tasks::{CreateRequest, Shim};
+use crate::metrics::Phase;
 use crate::sandbox::mounts::RootfsMount;
 use crate::sandbox::{ctx, SandboxError, GUEST_WORK_TIMEOUT, RPC_TIMEOUT};
 
@@ -131,6 +132,7 @@ impl TaskService {
             agent
                 .start_container(ctx(GUEST_WORK_TIMEOUT), &start)
                 .map_err(agent_err(format!("container {}: StartContainer", req.id)))?;
+            sandbox.metrics().mark(Phase::ContainerRunning);
             p.set_running();
             let mut e = TaskStart::new();
             e.container_id = req.id.clone();

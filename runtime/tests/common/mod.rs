@@ -26,6 +26,8 @@ pub struct GuestAssets {
     pub busybox_oci: PathBuf,
     /// The pod sandbox image for CRI (husk.local/pause:1).
     pub pause_oci: PathBuf,
+    /// husk-pause, the static idle program (the density bench's container).
+    pub pause: PathBuf,
 }
 
 /// The kernel, initramfs and pmem images: from the environment (`make test` sets
@@ -42,6 +44,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             "HUSK_AGENT_IMAGE",
             "HUSK_BUSYBOX_OCI",
             "HUSK_PAUSE_OCI",
+            "HUSK_PAUSE",
         ]
         .iter()
         .map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
@@ -73,6 +76,7 @@ pub fn guest_assets() -> &'static GuestAssets {
             agent_image: vars["HUSK_AGENT_IMAGE"].clone().into(),
             busybox_oci: vars["HUSK_BUSYBOX_OCI"].clone().into(),
             pause_oci: vars["HUSK_PAUSE_OCI"].clone().into(),
+            pause: vars["HUSK_PAUSE"].clone().into(),
         }
     })
 }

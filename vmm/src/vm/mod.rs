@@ -39,6 +39,7 @@ use crate::device_memory::DeviceMemory;
 use crate::handle::VmEvent;
 use crate::kvm_setup::{self, KvmSetupError};
 use crate::memory::MemoryError;
+use crate::metrics::VmMetrics;
 use crate::net::NetSpec;
 use crate::pmem::PmemSpec;
 use crate::snapshot::format::TemplateHeader;
@@ -176,6 +177,8 @@ pub struct Vm {
     stop: Arc<AtomicBool>,
     pause: Arc<AtomicBool>,
     events: Receiver<VcpuEvent>,
+    /// Exit counters, device counters, first entry.
+    metrics: Arc<VmMetrics>,
     cmdline: String,
     /// What a template made from this VM says it is (state digests aside).
     identity: TemplateHeader,
@@ -200,6 +203,11 @@ impl Vm {
             snapshot: clone(&self.snapshot_evt)?,
             snapshot_to: self.snapshot_to.clone(),
         })
+    }
+
+    /// What this VM counts (shared with its vCPU threads and devices).
+    pub fn metrics(&self) -> Arc<VmMetrics> {
+        self.metrics.clone()
     }
 
     /// The command line the guest is given.

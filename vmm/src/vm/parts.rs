@@ -24,6 +24,7 @@ use crate::compat::{cpuid, CompatProfile, HostKvm};
 use crate::device_manager::{DeviceContext, DeviceManager};
 use crate::device_memory::DeviceMemory;
 use crate::kvm_setup::{self, KvmSetupError};
+use crate::metrics::VmMetrics;
 use crate::resources::GuestResources;
 use crate::snapshot::format::{sha256_hex, TemplateHeader};
 use crate::vcpu::{Vcpu, VcpuEvent};
@@ -168,6 +169,7 @@ pub(super) struct Wired {
     pub msr_index: Arc<Vec<u32>>,
     pub events_tx: Sender<VcpuEvent>,
     pub events: Receiver<VcpuEvent>,
+    pub metrics: Arc<VmMetrics>,
 }
 
 impl Machine {
@@ -224,6 +226,11 @@ impl Machine {
             msr_index: Arc::new(msr_index),
             events_tx,
             events,
+            metrics: Arc::new(VmMetrics::new(
+                config.cpus,
+                config.mem_bytes,
+                self.devices.metrics.clone(),
+            )),
         })
     }
 
@@ -246,6 +253,7 @@ impl Machine {
             msr_index: wired.msr_index.clone(),
             events: wired.events_tx.clone(),
             wake: wired.vcpu_wake.try_clone().map_err(VmError::EventFd)?,
+            metrics: wired.metrics.clone(),
         })
     }
 
@@ -278,6 +286,7 @@ impl Machine {
             stop: wired.stop,
             pause: wired.pause,
             events: wired.events,
+            metrics: wired.metrics,
             cmdline: self.cmdline.render(),
             identity,
         })

@@ -221,3 +221,20 @@ fn a_fifo_in_the_share_is_never_opened_by_the_host() {
         libc::EBADF
     );
 }
+
+#[test]
+fn byte_counters_follow_requests_and_replies() {
+    let mut h = FsHarness::new();
+    let (entry, fh) = h.create(ROOT, "counted.bin", 0o600).unwrap();
+    let (in0, out0) = (h.metric(|m| &m.bytes_in), h.metric(|m| &m.bytes_out));
+    let data = vec![7u8; 50_000];
+    assert_eq!(h.write(entry.nodeid, fh, 0, &data).unwrap(), 50_000);
+    let (in1, out1) = (h.metric(|m| &m.bytes_in), h.metric(|m| &m.bytes_out));
+    // The request carries the data plus its FUSE headers; the reply is small.
+    assert!(in1 - in0 > 50_000 && in1 - in0 < 50_200, "{}", in1 - in0);
+    assert!(out1 > out0 && out1 - out0 < 100, "{}", out1 - out0);
+    assert_eq!(h.read(entry.nodeid, fh, 0, 50_000).unwrap(), data);
+    let (in2, out2) = (h.metric(|m| &m.bytes_in), h.metric(|m| &m.bytes_out));
+    assert!(in2 - in1 < 200, "{}", in2 - in1);
+    assert_eq!(out2 - out1, 50_000 + 16, "the data and its out header");
+}

@@ -12,6 +12,7 @@ use crate::vsock::DEFAULT_HANDSHAKE_TIMEOUT;
 fn tx_packets_in_every_layout_reach_the_host_socket_intact() {
     let mut h = Harness::new();
     let (mut host, local) = h.host_connect(70);
+    let mut payload = 0;
     for size in [1usize, 4096, 32 * 1024 + 1, 64 * 1024] {
         let data = pattern(size, size as u8);
         let mut hdr = Hdr::guest(70, local, OP_RW);
@@ -22,8 +23,10 @@ fn tx_packets_in_every_layout_reach_the_host_socket_intact() {
             read_avail(&mut host, &mut got);
             assert_eq!(got.len(), size, "{name}, {size} B");
             assert!(got == data, "{name}, {size} B: bytes differ");
+            payload += size as u64;
         }
     }
+    assert_eq!(h.metric(|m| &m.tx_bytes), payload);
     assert_eq!(h.metric(|m| &m.malformed), 0);
     assert_eq!(h.conns(), 1);
 }
@@ -55,6 +58,8 @@ fn rx_buffers_of_any_shape_carry_host_data_back() {
     let n = host.read(&mut ok).unwrap();
     assert!(ok[..n].starts_with(b"OK "));
 
+    let rx_before = h.metric(|m| &m.rx_bytes);
+    let mut payload = 0;
     let shapes: [&[u32]; 4] = [
         &[44 + 4096],
         &[20, 24, 4096],
@@ -68,6 +73,8 @@ fn rx_buffers_of_any_shape_carry_host_data_back() {
         let (hdr, got) = receive_into(&mut h, lens);
         assert_eq!((hdr.op, hdr.len as usize), (OP_RW, data.len()), "{lens:?}");
         assert!(got == data, "{lens:?}: bytes differ");
+        payload += data.len() as u64;
     }
+    assert_eq!(h.metric(|m| &m.rx_bytes) - rx_before, payload);
     assert_eq!(h.metric(|m| &m.malformed), 0);
 }

@@ -17,8 +17,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::guest_process::GuestProcess;
-use super::procfs::{mappings_of_size, monotonic_ns, process_memory, thread_count};
+use husk_runtime::procfs::{memory_split, process_memory, thread_count};
 use husk_runtime::size::parse_mem_size;
+use husk_vmm::metrics::monotonic_ns;
 
 /// What the guest self-test prints once it is up and idle.
 pub const IDLE_MARKER: &str = "HUSK-IDLE";
@@ -72,7 +73,7 @@ pub fn run(args: BootBenchArgs) -> anyhow::Result<ExitCode> {
     });
     guest.wait_for(IDLE_MARKER, Duration::from_secs(args.timeout_secs))?;
     let total = process_memory(pid)?;
-    let guest_mem = mappings_of_size(pid, args.mem >> 10)?;
+    let guest_mem = memory_split(pid, args.mem >> 10, None)?.guest_ram;
     let threads = thread_count(pid)?;
     drop(guest);
     let entry_ns = first_entry

@@ -19,7 +19,7 @@ use husk_runtime::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 use husk_runtime::config::HuskConfig;
 use husk_runtime::sandbox::SandboxDir;
 
-use super::procfs::{mappings_of_size, process_memory, MemFigures};
+use husk_runtime::procfs::{memory_split, MemFigures};
 
 /// A `husk sandbox-vm` process; killed when dropped.
 pub struct BenchVm {
@@ -120,13 +120,9 @@ pub fn restored(
 pub fn memory(vms: &[BenchVm], guest_bytes: u64) -> anyhow::Result<(MemFigures, MemFigures)> {
     let (mut total, mut guest) = (MemFigures::default(), MemFigures::default());
     for vm in vms {
-        let pid = vm.child.id();
-        let t = process_memory(pid)?;
-        let g = mappings_of_size(pid, guest_bytes >> 10)?;
-        total.pss_kib += t.pss_kib;
-        total.rss_kib += t.rss_kib;
-        guest.pss_kib += g.pss_kib;
-        guest.rss_kib += g.rss_kib;
+        let split = memory_split(vm.child.id(), guest_bytes >> 10, None)?;
+        total += split.total;
+        guest += split.guest_ram;
     }
     Ok((total, guest))
 }

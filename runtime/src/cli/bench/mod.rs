@@ -4,11 +4,8 @@ mod boot;
 mod clones;
 mod density;
 mod guest_process;
-mod procfs;
 mod start;
 mod syscalls;
-
-pub use procfs::monotonic_ns;
 
 use std::process::ExitCode;
 
@@ -20,8 +17,8 @@ pub enum BenchCommand {
     Boot(boot::BootBenchArgs),
     /// Guest system calls and fork against the host, with the same binary.
     Syscalls(syscalls::SyscallBenchArgs),
-    /// Boot N idle guests from a shared pmem image, then N from an initramfs; host memory per guest.
-    Density(density::DensityBenchArgs),
+    /// Start N idle pods (one husk process each), C at a time; memory, CPU and start latency per pod.
+    Density(density::DensityArgs),
     /// `ctr run --rm ... /bin/true` with husk and with runc; an idle pod's memory.
     Start(start::StartBenchArgs),
 }

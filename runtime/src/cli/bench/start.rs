@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::clones;
-use super::procfs::{mappings_of_size, process_memory, thread_count, MemFigures};
+use husk_runtime::procfs::{memory_split, thread_count, MemFigures};
 
 #[derive(Args)]
 pub struct StartBenchArgs {
@@ -227,8 +227,8 @@ fn idle_pod_memory(args: &StartBenchArgs, guest_mem: u64) -> anyhow::Result<()> 
 
 fn measure_pod(guest_mem: u64, id: &str) -> anyhow::Result<()> {
     let pid = shim_pid(id).context("finding the idle pod's husk process")?;
-    let total = process_memory(pid)?;
-    let guest = mappings_of_size(pid, guest_mem >> 10)?;
+    let split = memory_split(pid, guest_mem >> 10, None)?;
+    let (total, guest) = (split.total, split.guest_ram);
     let own = total.pss_kib.saturating_sub(guest.pss_kib);
     println!(
         "idle pod through containerd (1 vCPU, {} MiB guest), husk process {pid}:",

@@ -1,0 +1,154 @@
+//! The runtime's client of a sandbox's agent, every call timed.
+//!
+//! `Agent` has the generated `AgentServiceClient`'s methods, with the same
+//! signatures, so callers do not change; each one records its duration
+//! and outcome in the sandbox's `AgentMetrics` (the agent round-trip
+//! histogram of the metrics endpoint). One wrapper instead of timing code
+//! at each call site, and a method the agent gains must be added to the
+//! list below before the runtime can call it, so none goes untimed.
+//! Calls that wait for the guest (a process's exit, its output, an OOM
+//! kill) are marked `waits`: counted, but not taken as round trips.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use husk_agent_protocol::agent;
+use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_agent_protocol::ttrpc;
+
+use crate::metrics::agent::AgentMetrics;
+
+/// A sandbox's agent client (cheap to clone; calls may run concurrently).
+#[derive(Clone)]
+pub struct Agent {
+    client: AgentServiceClient,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl Agent {
+    pub fn new(client: AgentServiceClient, metrics: Arc<AgentMetrics>) -> Self {
+        Self { client, metrics }
+    }
+
+    pub fn metrics(&self) -> &Arc<AgentMetrics> {
+        &self.metrics
+    }
+}
+
+macro_rules! agent_calls {
+    ($($kind:ident $method:ident($req:ident) -> $resp:ident;)*) => {
+        impl Agent {
+            $(
+                pub fn $method(
+                    &self,
+                    ctx: ttrpc::context::Context,
+                    req: &agent::$req,
+                ) -> ttrpc::Result<agent::$resp> {
+                    let started = Instant::now();
+                    let result = self.client.$method(ctx, req);
+                    self.metrics.record(
+                        stringify!($method),
+                        result.is_ok(),
+                        started.elapsed(),
+                        agent_calls!(@round_trip $kind),
+                    );
+                    result
+                }
+            )*
+        }
+    };
+    (@round_trip call) => { true };
+    (@round_trip waits) => { false };
+}
+
+agent_calls! {
+    call create_sandbox(CreateSandboxRequest) -> Empty;
+    call destroy_sandbox(DestroySandboxRequest) -> Empty;
+    call restored(RestoredRequest) -> Empty;
+    call create_container(CreateContainerRequest) -> CreateContainerResponse;
+    call start_container(StartContainerRequest) -> Empty;
+    call exec_process(ExecProcessRequest) -> ExecProcessResponse;
+    call signal_process(SignalProcessRequest) -> Empty;
+    waits wait_process(WaitProcessRequest) -> WaitProcessResponse;
+    call write_stdin(WriteStreamRequest) -> WriteStreamResponse;
+    waits read_stdout(ReadStreamRequest) -> ReadStreamResponse;
+    waits read_stderr(ReadStreamRequest) -> ReadStreamResponse;
+    call close_stdin(CloseStdinRequest) -> Empty;
+    call tty_win_resize(TtyWinResizeRequest) -> Empty;
+    call stats_container(StatsContainerRequest) -> StatsContainerResponse;
+    call update_container(UpdateContainerRequest) -> Empty;
+    call remove_container(RemoveContainerRequest) -> Empty;
+    call pause_container(PauseContainerRequest) -> Empty;
+    call resume_container(ResumeContainerRequest) -> Empty;
+    call delete_process(DeleteProcessRequest) -> Empty;
+    waits get_oom_event(GetOOMEventRequest) -> OOMEvent;
+    call list_processes(ListProcessesRequest) -> ListProcessesResponse;
+    call update_interface(UpdateInterfaceRequest) -> Empty;
+    call update_routes(UpdateRoutesRequest) -> Empty;
+    call check(CheckRequest) -> HealthCheckResponse;
+    call get_guest_details(GetGuestDetailsRequest) -> GuestDetails;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_agent_protocol::agent_ttrpc::{create_agent_service, AgentService};
+
+    /// An agent that answers Check and nothing else.
+    struct CheckOnly;
+
+    impl AgentService for CheckOnly {
+        fn check(
+            &self,
+            _ctx: &ttrpc::TtrpcContext,
+            _: agent::CheckRequest,
+        ) -> ttrpc::Result<agent::HealthCheckResponse> {
+            Ok(agent::HealthCheckResponse::default())
+        }
+    }
+
+    #[test]
+    fn every_call_is_counted_and_round_trips_are_timed() {
+        let path = std::env::temp_dir().join(format!("husk-agent-timed-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let address = format!("unix://{}", path.display());
+        let mut server = ttrpc::Server::new()
+            .bind(&address)
+            .unwrap()
+            .register_service(create_agent_service(Arc::new(CheckOnly)));
+        server.start().unwrap();
+        let client = AgentServiceClient::new(ttrpc::Client::connect(&address).unwrap());
+        let metrics = Arc::new(AgentMetrics::default());
+        let agent = Agent::new(client, metrics.clone());
+        let ctx = || ttrpc::context::with_timeout(10_000_000_000);
+        agent.check(ctx(), &agent::CheckRequest::new()).unwrap();
+        agent.check(ctx(), &agent::CheckRequest::new()).unwrap();
+        agent
+            .wait_process(ctx(), &agent::WaitProcessRequest::new())
+            .unwrap_err();
+        let mut w = crate::metrics::text::TextWriter::new();
+        metrics.write(&mut w);
+        let e = crate::metrics::parse(&w.finish()).unwrap();
+        assert_eq!(
+            e.value(
+                "husk_agent_rpcs_total",
+                &[("method", "check"), ("result", "ok")]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            e.value(
+                "husk_agent_rpcs_total",
+                &[("method", "wait_process"), ("result", "error")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            e.value("husk_agent_rpc_duration_seconds_count", &[]),
+            Some(2.0),
+            "the wait is not a round trip"
+        );
+        server.shutdown();
+        let _ = std::fs::remove_file(&path);
+    }
+}
