@@ -7,9 +7,9 @@
 //! windows, IRQs, memory slots and device-memory ranges), `device_manager`
 //! (virtio devices and their thread), `net` (network cards and their taps),
 //! `device_memory` and `pmem` (host mappings above RAM: pmem images,
-//! shared-memory windows), `vcpu` (run loop), and `compat` (everything for
+//! shared-memory windows), `vcpu` (run loop), `compat` (everything for
 //! software-KVM hosts: the profile, CPUID, instruction fallbacks, the guest
-//! page walker).
+//! page walker), and `seccomp` (each VMM thread's system-call allowlist).
 
 pub mod boot;
 pub mod compat;
@@ -23,6 +23,7 @@ pub mod memory;
 pub mod net;
 pub mod pmem;
 pub mod resources;
+pub mod seccomp;
 pub mod snapshot;
 pub mod testing;
 pub mod vcpu;

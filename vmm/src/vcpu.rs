@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::compat::guest_walk;
 use crate::compat::insn_fallback::{self, Fallback};
 use crate::compat::xsave_fallback::{self, XsaveInsn, XsaveLayout, XsaveOp};
+use crate::seccomp::ThreadFilter;
 use crate::snapshot::kvm_state::VcpuState;
 
 const GP_VECTOR: u8 = 13;
@@ -62,6 +63,8 @@ pub struct Vcpu {
     pub events: Sender<VcpuEvent>,
     /// Written after each event so the control thread wakes up.
     pub wake: EventFd,
+    /// This thread's seccomp filter, installed before the first KVM_RUN.
+    pub seccomp: Option<Arc<ThreadFilter>>,
 }
 
 enum Step {
@@ -72,6 +75,7 @@ enum Step {
 impl Vcpu {
     /// Runs the guest until the VM stops or this vCPU hits a fatal exit.
     pub fn run(mut self) {
+        crate::seccomp::confine_or_abort(self.seccomp.as_deref());
         if self.id == 0 {
             self.report(VcpuEvent::FirstEntry { at: Instant::now() });
         }

@@ -130,6 +130,8 @@ fn pio_and_mmio_reach_their_bus_devices() {
         msr_index: Arc::new(Vec::new()),
         events: tx,
         wake: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+        // It runs on the test's own thread.
+        seccomp: None,
     };
     vcpu.run();
     assert!(stop.load(Ordering::Acquire), "guest reached its end marker");

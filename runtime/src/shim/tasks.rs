@@ -48,6 +48,27 @@ impl ContainerTask {
     }
 }
 
+/// The shim's threads were confined (or not) by the config it read at
+/// start; a Create's own config (ConfigPath) decides only for its VM.
+fn warn_if_seccomp_differs(config: &HuskConfig) {
+    let shim = crate::seccomp::runtime_confined();
+    if shim == config.runtime.seccomp {
+        return;
+    }
+    let (vm, threads) = if config.runtime.seccomp {
+        ("confined", "are not")
+    } else {
+        ("unconfined", "stay confined")
+    };
+    tracing::warn!(
+        "runtime.seccomp = {} in {}: the VM's threads run {vm}, but the shim's own threads \
+         {threads} (they follow the config the shim read at start: HUSK_CONFIG or {})",
+        config.runtime.seccomp,
+        config.origin,
+        crate::config::DEFAULT_CONFIG_PATH
+    );
+}
+
 /// What Create needs from containerd's request.
 pub struct CreateRequest {
     pub id: String,
@@ -221,6 +242,7 @@ impl Shim {
             .map_err(|e| TaskError::invalid(e.to_string()))?;
         let settings = SandboxSettings::for_bundle(&self.sandbox_id, &config, spec)
             .map_err(|e| TaskError::invalid(e.to_string()))?;
+        warn_if_seccomp_differs(&config);
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
         let sandbox = Arc::new(Sandbox::boot(&settings)?);
         self.watch_oom(&sandbox);
