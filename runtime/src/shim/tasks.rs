@@ -243,8 +243,26 @@ impl Shim {
         let settings = SandboxSettings::for_bundle(&self.sandbox_id, &config, spec)
             .map_err(|e| TaskError::invalid(e.to_string()))?;
         warn_if_seccomp_differs(&config);
+        // Recorded before the boot: if this process dies while the sandbox
+        // boots (killed, or a thread breaking its seccomp list), `delete`
+        // still finds the sandbox's directory and host resources.
+        let state = BundleState {
+            sandbox_id: self.sandbox_id.clone(),
+            state_dir: config.runtime.state_dir.clone(),
+            mounted_rootfs: !req.rootfs.is_empty(),
+        };
+        state.write(&req.bundle).map_err(|e| {
+            TaskError::internal(format!("writing {}/husk.json: {e}", req.bundle.display()))
+        })?;
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
-        let sandbox = Arc::new(Sandbox::boot(&settings)?);
+        let sandbox = match Sandbox::boot(&settings) {
+            Ok(s) => Arc::new(s),
+            // A failed boot leaves nothing behind for `delete` to find.
+            Err(e) => {
+                BundleState::remove(&req.bundle);
+                return Err(e.into());
+            }
+        };
         self.watch_oom(&sandbox);
         *self.sandbox.write().unwrap_or_else(|e| e.into_inner()) = Some(sandbox.clone());
         Ok(sandbox)

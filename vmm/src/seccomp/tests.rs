@@ -100,7 +100,8 @@ fn kvm_requests_have_kvms_numbers() {
 }
 
 /// Runs the test `name` again in a child process with `HUSK_SECCOMP_CHILD`
-/// set; returns its exit status and stderr. In the child, returns None.
+/// set; returns its exit status and output (stdout, then stderr). In the
+/// child, returns None.
 fn in_child(name: &str) -> Option<(std::process::ExitStatus, String)> {
     if std::env::var_os("HUSK_SECCOMP_CHILD").is_some() {
         return None;
@@ -110,10 +111,9 @@ fn in_child(name: &str) -> Option<(std::process::ExitStatus, String)> {
         .env("HUSK_SECCOMP_CHILD", "1")
         .output()
         .unwrap();
-    Some((
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status, text))
 }
 
 #[test]
@@ -152,8 +152,12 @@ fn a_call_outside_the_list_kills_the_process_with_a_line_naming_it() {
 #[test]
 fn the_device_list_lets_a_thread_serve_files() {
     let name = "seccomp::tests::the_device_list_lets_a_thread_serve_files";
-    if let Some((status, stderr)) = in_child(name) {
-        assert!(status.success(), "{status:?}: {stderr}");
+    if let Some((status, output)) = in_child(name) {
+        assert!(status.success(), "{status:?}: {output}");
+        assert!(
+            output.contains("1 passed"),
+            "the child ran the test: {output}"
+        );
         return;
     }
     let dir = std::env::temp_dir().join(format!("husk-seccomp-{}", std::process::id()));
