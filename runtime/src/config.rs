@@ -109,6 +109,11 @@ pub struct RuntimeConfig {
     /// first use, under `template_dir`), `off`, or a template's path.
     pub template: TemplateMode,
     pub template_dir: PathBuf,
+    /// Per-thread seccomp allowlists (`crate::seccomp`): true ("on") or
+    /// false ("off"). HUSK_CONFIG or the default file decides for the
+    /// shim's own threads, which are confined before any request.
+    #[serde(deserialize_with = "switch")]
+    pub seccomp: bool,
 }
 
 /// `runtime.template`.
@@ -144,6 +149,7 @@ impl Default for RuntimeConfig {
             boot_timeout_secs: 600,
             template: TemplateMode::Auto,
             template_dir: PathBuf::from("/var/lib/husk/templates"),
+            seccomp: true,
         }
     }
 }
@@ -165,6 +171,20 @@ fn mem_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 fn opt_mem_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     mem_size(d).map(Some)
+}
+
+/// A boolean, or "on"/"off".
+fn switch<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Switch {
+        Bool(bool),
+        Text(String),
+    }
+    match Switch::deserialize(d)? {
+        Switch::Bool(b) => Ok(b),
+        Switch::Text(t) => crate::seccomp::parse_switch(&t).map_err(serde::de::Error::custom),
+    }
 }
 
 fn compat_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CompatMode, D::Error> {
@@ -384,6 +404,10 @@ boot_timeout_secs = 600
 # booted agent VM, made on first use): "auto", "off", or a template's path.
 template = "auto"
 template_dir = "/var/lib/husk/templates"
+# Per-thread seccomp allowlists (vCPUs, devices, the VMM, the shim): a
+# thread calling outside its list kills husk with a log line naming the
+# call. true/"on" (the default) or false/"off".
+seccomp = true
 "#,
         kernel = share_dir.join("vmlinux").display(),
         image = share_dir.join("agent.erofs").display(),
@@ -415,6 +439,7 @@ mod tests {
         assert_eq!(c.guest.compat, CompatMode::Auto);
         assert_eq!(c.runtime.state_dir, PathBuf::from("/run/husk"));
         assert_eq!(c.guest.shared_fs_size_limit, None);
+        assert!(c.runtime.seccomp);
     }
 
     #[test]
@@ -429,6 +454,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("big"), "{err}");
+    }
+
+    #[test]
+    fn seccomp_reads_booleans_and_on_off() {
+        for (text, want) in [
+            ("true", true),
+            ("false", false),
+            ("\"on\"", true),
+            ("\"off\"", false),
+        ] {
+            let c = parse(&format!("[runtime]\nseccomp = {text}\n")).unwrap();
+            assert_eq!(c.runtime.seccomp, want, "{text}");
+        }
+        assert!(
+            parse("[runtime]\n").unwrap().runtime.seccomp,
+            "on by default"
+        );
+        let err = parse("[runtime]\nseccomp = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("seccomp") || err.contains("maybe"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `procfs`: a process's memory (split guest / husk), threads and CPU
 //!   time, and the host's available memory, from /proc.
 //! - `sandbox`: a VM with its agent, and the containers in it.
+//! - `seccomp`: the runtime threads' system-call allowlist.
 //! - `shim`: `containerd-shim-husk-v2`.
 //! - `stdio`: a guest process's streams bridged to FIFOs or host streams.
 //! - `template`: starting sandboxes from a snapshot of a booted agent VM.
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod network;
 pub mod procfs;
 pub mod sandbox;
+pub mod seccomp;
 pub mod shim;
 pub mod size;
 pub mod stdio;

@@ -44,7 +44,13 @@ fn husk() -> Command {
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -108,8 +114,7 @@ impl Drop for DetachedPod {
     }
 }
 
-const WORKER: &str =
-    "trap 'exit 0' TERM; while :; do echo tick; date >> /tmp/ticks; sleep 1; done";
+const WORKER: &str = "trap 'exit 0' TERM; while :; do echo tick; date >> /tmp/ticks; sleep 1; done";
 
 /// Every family the endpoint promises, in a scrape of a running pod.
 const FAMILIES: &[&str] = &[
@@ -164,7 +169,11 @@ fn husk_metrics_of_a_running_sandbox_parse_and_move_with_the_guest() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pid: u32 = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .nth(1)
@@ -176,23 +185,37 @@ fn husk_metrics_of_a_running_sandbox_parse_and_move_with_the_guest() {
         id: "m1".into(),
     };
 
-    let phase = |e: &Exposition, p: &str| {
-        e.value("husk_sandbox_start_phase_seconds", &[("phase", p)])
-    };
+    let phase =
+        |e: &Exposition, p: &str| e.value("husk_sandbox_start_phase_seconds", &[("phase", p)]);
     let a = pod.wait_until("the container runs", |e| {
         phase(e, "container_running").is_some()
     });
     for f in FAMILIES {
         assert!(a.family(f).is_some(), "no {f} in the scrape");
     }
-    let order = ["boot_start", "vm_entry", "agent_ready", "sandbox_ready", "container_running"];
+    let order = [
+        "boot_start",
+        "vm_entry",
+        "agent_ready",
+        "sandbox_ready",
+        "container_running",
+    ];
     let times: Vec<f64> = order
         .iter()
         .map(|p| phase(&a, p).unwrap_or_else(|| panic!("no phase {p}")))
         .collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "phases in order: {times:?}");
-    assert_eq!(a.value("husk_guest_memory_bytes", &[]), Some(256.0 * 1024.0 * 1024.0));
-    let pss = |e: &Exposition, part| e.value("husk_process_pss_bytes", &[("part", part)]).unwrap();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "phases in order: {times:?}"
+    );
+    assert_eq!(
+        a.value("husk_guest_memory_bytes", &[]),
+        Some(256.0 * 1024.0 * 1024.0)
+    );
+    let pss = |e: &Exposition, part| {
+        e.value("husk_process_pss_bytes", &[("part", part)])
+            .unwrap()
+    };
     assert!(pss(&a, "total") > pss(&a, "guest") && pss(&a, "guest") > 0.0);
     assert!(a.value("husk_process_threads", &[]).unwrap() >= 3.0);
     assert_eq!(
@@ -202,8 +225,13 @@ fn husk_metrics_of_a_running_sandbox_parse_and_move_with_the_guest() {
         ),
         Some(1.0)
     );
-    let rtt_count = a.value("husk_agent_rpc_duration_seconds_count", &[]).unwrap();
-    assert!(rtt_count >= 3.0, "Restored, CreateSandbox, CreateContainer, StartContainer: {rtt_count}");
+    let rtt_count = a
+        .value("husk_agent_rpc_duration_seconds_count", &[])
+        .unwrap();
+    assert!(
+        rtt_count >= 3.0,
+        "Restored, CreateSandbox, CreateContainer, StartContainer: {rtt_count}"
+    );
     assert!(a.value("husk_vsock_connections_opened_total", &[]).unwrap() >= 1.0);
 
     // The container appends to a file on its root (virtio-fs) and prints
@@ -292,7 +320,10 @@ fn density_bench_reports_a_killed_pod_and_leaves_nothing_behind() {
 
     // Kill the second pod's husk process (SIGKILL: no cleanup of its own)
     // as soon as it serves its metrics, whatever phase it is in.
-    let socket = work.join("state/sandboxes").join(&victim).join("metrics.sock");
+    let socket = work
+        .join("state/sandboxes")
+        .join(&victim)
+        .join("metrics.sock");
     let started = Instant::now();
     let killed = loop {
         if let Some(pid) = server_pid(&socket) {
@@ -303,14 +334,20 @@ fn density_bench_reports_a_killed_pod_and_leaves_nothing_behind() {
             bench.try_wait().unwrap().is_none(),
             "the bench ended before pod {victim} served its metrics"
         );
-        assert!(started.elapsed() < START_BOUND, "pod {victim} never served its metrics");
+        assert!(
+            started.elapsed() < START_BOUND,
+            "pod {victim} never served its metrics"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let output = bench.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(!output.status.success(), "a pod failed: the bench says so: {context}");
+    assert!(
+        !output.status.success(),
+        "a pod failed: the bench says so: {context}"
+    );
 
     // The report: the table, the failure with its cause, the others measured.
     for needle in [
@@ -325,10 +362,17 @@ fn density_bench_reports_a_killed_pod_and_leaves_nothing_behind() {
         &format!("{victim} (pid {killed}): its husk process {killed} was killed by SIGKILL"),
         "left behind after the teardown:\n    nothing",
     ] {
-        assert!(stdout.contains(needle), "no {needle:?} in the report: {context}");
+        assert!(
+            stdout.contains(needle),
+            "no {needle:?} in the report: {context}"
+        );
     }
     let csv = std::fs::read_to_string(out_dir.join("density.csv")).unwrap();
-    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
     assert_eq!(rows.len(), 3, "{csv}");
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
@@ -342,7 +386,10 @@ fn density_bench_reports_a_killed_pod_and_leaves_nothing_behind() {
         let pss: u64 = row[col("pss_kib")].parse().unwrap();
         let guest: u64 = row[col("pss_guest_ram_kib")].parse().unwrap();
         let own: u64 = row[col("pss_husk_kib")].parse().unwrap();
-        assert!(pss > 0 && guest > 0 && own > 0 && guest + own <= pss, "{csv}");
+        assert!(
+            pss > 0 && guest > 0 && own > 0 && guest + own <= pss,
+            "{csv}"
+        );
         let running: f64 = row[col("container_running_s")].parse().unwrap();
         let entry: f64 = row[col("vm_entry_s")].parse().unwrap();
         assert!(running >= entry, "{csv}");

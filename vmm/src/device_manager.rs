@@ -32,6 +32,7 @@ use crate::metrics::DeviceMetrics;
 use crate::net::NetSpec;
 use crate::pmem::{ImageFs, PmemImage, PmemImageError, PmemSpec};
 use crate::resources::{GuestResources, ResourceError};
+use crate::seccomp::ThreadFilter;
 
 /// Open guest connections one vsock device allows.
 const VSOCK_MAX_CONNECTIONS: usize = 1024;
@@ -256,8 +257,10 @@ impl DeviceManager {
         self.transports.clone()
     }
 
-    /// Starts the device thread; `None` when there are no virtio devices.
-    pub fn start(self) -> Result<Option<DeviceThread>, DeviceError> {
+    /// Starts the device thread, which confines itself with `filter` (when
+    /// seccomp is on) before its first event; `None` when there are no
+    /// virtio devices.
+    pub fn start(self, filter: Option<ThreadFilter>) -> Result<Option<DeviceThread>, DeviceError> {
         if self.subscribers.is_empty() {
             return Ok(None);
         }
@@ -276,6 +279,7 @@ impl DeviceManager {
         let handle = std::thread::Builder::new()
             .name("husk-devices".into())
             .spawn(move || {
+                crate::seccomp::confine_or_abort(filter.as_ref());
                 while !stopped.load(Ordering::Acquire) {
                     if let Err(e) = manager.run() {
                         tracing::error!("device event loop failed: {e:?}");

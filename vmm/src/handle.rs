@@ -35,7 +35,8 @@ pub struct VmHandle {
 
 impl VmHandle {
     /// Builds the VM described by `config` and starts it on a thread named
-    /// `husk-vmm`.
+    /// `husk-vmm` (the VM's control thread, confined once its vCPU threads
+    /// run when `config.seccomp` is on).
     pub fn start(config: &VmConfig) -> Result<Self, VmError> {
         let vm = Vm::new(config)?;
         let stopper = vm.stopper()?;
@@ -45,7 +46,7 @@ impl VmHandle {
         let thread = std::thread::Builder::new()
             .name("husk-vmm".into())
             .spawn(move || {
-                let result = vm.run_reporting(Some(tx.clone()));
+                let result = vm.run_as_control_thread(Some(tx.clone()));
                 let _ = tx.send(VmEvent::Ended);
                 result
             })

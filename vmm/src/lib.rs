@@ -8,9 +8,10 @@
 //! (virtio devices and their thread), `net` (network cards and their taps),
 //! `device_memory` and `pmem` (host mappings above RAM: pmem images,
 //! shared-memory windows), `vcpu` (run loop), `metrics` (what a running
-//! VM counts: exits by reason, device counters), and `compat` (everything
+//! VM counts: exits by reason, device counters), `compat` (everything
 //! for software-KVM hosts: the profile, CPUID, instruction fallbacks, the
-//! guest page walker).
+//! guest page walker), and `seccomp` (each VMM thread's system-call
+//! allowlist).
 
 pub mod boot;
 pub mod compat;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod net;
 pub mod pmem;
 pub mod resources;
+pub mod seccomp;
 pub mod snapshot;
 pub mod testing;
 pub mod vcpu;

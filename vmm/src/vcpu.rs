@@ -20,6 +20,7 @@ use crate::compat::guest_walk;
 use crate::compat::insn_fallback::{self, Fallback};
 use crate::compat::xsave_fallback::{self, XsaveInsn, XsaveLayout, XsaveOp};
 use crate::metrics::{ExitReason, VmMetrics};
+use crate::seccomp::ThreadFilter;
 use crate::snapshot::kvm_state::VcpuState;
 
 const GP_VECTOR: u8 = 13;
@@ -65,6 +66,8 @@ pub struct Vcpu {
     pub wake: EventFd,
     /// Where this vCPU counts its exits.
     pub metrics: Arc<VmMetrics>,
+    /// This thread's seccomp filter, installed before the first KVM_RUN.
+    pub seccomp: Option<Arc<ThreadFilter>>,
 }
 
 enum Step {
@@ -75,6 +78,7 @@ enum Step {
 impl Vcpu {
     /// Runs the guest until the VM stops or this vCPU hits a fatal exit.
     pub fn run(mut self) {
+        crate::seccomp::confine_or_abort(self.seccomp.as_deref());
         if self.id == 0 {
             self.metrics.mark_first_entry();
             self.report(VcpuEvent::FirstEntry { at: Instant::now() });

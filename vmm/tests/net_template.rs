@@ -55,6 +55,7 @@ fn config(kernel: &std::path::Path, net: Vec<NetSpec>, console: ConsoleTarget) -
         fs: Vec::new(),
         net,
         template: None,
+        seccomp: true,
     }
 }
 

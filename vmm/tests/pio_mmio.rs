@@ -133,6 +133,8 @@ fn pio_and_mmio_reach_their_bus_devices() {
         events: tx,
         wake: vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
         metrics: metrics.clone(),
+        // It runs on the test's own thread.
+        seccomp: None,
     };
     vcpu.run();
     assert!(stop.load(Ordering::Acquire), "guest reached its end marker");

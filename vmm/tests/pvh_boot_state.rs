@@ -141,6 +141,7 @@ fn pvh_guest_sees_the_promised_boot_state() {
         fs: Vec::new(),
         net: Vec::new(),
         template: None,
+        seccomp: true,
     };
     let vm = Vm::new(&config).unwrap();
     let metrics = vm.metrics();

@@ -4,7 +4,10 @@
 //! As with vsock, every eventfd is created with the device so event-manager
 //! registrations never change across guest resets. Reset also drops the FUSE
 //! server and every inode and handle the guest held, and empties the DAX
-//! window, so a rebooted guest starts from a fresh mount.
+//! window, so a rebooted guest starts from a fresh mount. Reset runs on the
+//! vCPU thread that wrote the status register, whose seccomp list opens no
+//! files, so it only marks the server stale; the device thread makes the
+//! new one (opening the share afresh) before it serves the next request.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -156,6 +159,8 @@ pub struct FsDevice {
     pub(super) activate_evt: EventFd,
     pub(super) active: Option<ActiveQueues>,
     pub(super) server: FuseServer,
+    /// Set by a reset: `server` is replaced before the next request.
+    pub(super) server_stale: bool,
     pub(super) dax: Option<DaxWindow>,
     dax_base: Option<GuestAddress>,
     pub(super) metrics: Arc<FsMetrics>,
@@ -187,6 +192,7 @@ impl FsDevice {
         );
         Ok(Self {
             server: backend::new_server(&config, &metrics, space.as_ref())?,
+            server_stale: false,
             config_space: config_space(&config),
             queue_sizes: vec![QUEUE_MAX_SIZE; queue_count],
             queue_evts: (0..queue_count).map(|_| evt()).collect::<Result<_, _>>()?,
@@ -198,6 +204,22 @@ impl FsDevice {
             space,
             config,
         })
+    }
+
+    /// After a reset, a fresh server (on the device thread, before it
+    /// serves anything); if that fails the old one keeps serving and the
+    /// guest's next INIT re-imports the root.
+    pub(super) fn renew_server_if_stale(&mut self) {
+        if !std::mem::take(&mut self.server_stale) {
+            return;
+        }
+        match backend::new_server(&self.config, &self.metrics, self.space.as_ref()) {
+            // The old server's nodes and handles are closed with it.
+            Ok(server) => self.server = server,
+            Err(e) => {
+                crate::error_limited!("virtio-fs: cannot recreate the filesystem on reset: {e}")
+            }
+        }
     }
 
     pub fn metrics(&self) -> Arc<FsMetrics> {
@@ -263,18 +285,11 @@ impl VirtioDevice for FsDevice {
 
     fn reset(&mut self) {
         self.active = None;
-        match backend::new_server(&self.config, &self.metrics, self.space.as_ref()) {
-            Ok(server) => {
-                // The old server's nodes and handles are closed with it.
-                self.server = server;
-                if let Some(space) = &self.space {
-                    space.guest_reset();
-                }
-            }
-            // The old server keeps serving; the guest's next INIT re-imports the root.
-            Err(e) => {
-                crate::error_limited!("virtio-fs: cannot recreate the filesystem on reset: {e}")
-            }
+        // The guest's nodes and handles are gone with the reset: its
+        // orphans are freed now, its server replaced on the device thread.
+        self.server_stale = true;
+        if let Some(space) = &self.space {
+            space.guest_reset();
         }
         if let Some(dax) = self.dax.as_mut() {
             if let Err(e) = dax.clear() {

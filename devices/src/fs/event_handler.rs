@@ -27,6 +27,10 @@ pub const PROCESS_QUEUE_BASE: u32 = 1;
 
 impl FsDevice {
     fn handle(&mut self, token: u32) {
+        if self.active.is_none() {
+            return;
+        }
+        self.renew_server_if_stale();
         let Some(active) = self.active.as_mut() else {
             return;
         };

@@ -64,6 +64,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.detach {
         detach(&config, &id)?;
     }
+    // Before any thread exists, so every one inherits the list.
+    let origin = format!("runtime.seccomp in {}", config.origin);
+    husk_runtime::seccomp::confine_runtime(config.runtime.seccomp, &origin)
+        .context("confining husk's threads")?;
     // Signals are taken by one thread (sigwait); block them before any
     // thread exists so none of them gets one.
     let signals = handled_signals();

@@ -28,6 +28,8 @@ pub struct SandboxVmArgs {
 
 pub fn run(args: SandboxVmArgs) -> anyhow::Result<ExitCode> {
     let config = HuskConfig::load(Some(&args.config), None)?;
+    let origin = format!("runtime.seccomp in {}", config.origin);
+    husk_runtime::seccomp::confine_runtime(config.runtime.seccomp, &origin)?;
     let size = VmSize {
         vcpus: config.guest.vcpus,
         mem_bytes: config.guest.memory,

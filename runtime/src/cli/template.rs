@@ -47,6 +47,9 @@ pub struct CreateArgs {
     /// Give up when the agent is not ready after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// Per-thread seccomp allowlists: on (the default) or off.
+    #[arg(long, default_value = "on", value_name = "on|off")]
+    seccomp: husk_runtime::seccomp::Switch,
 }
 
 pub fn run(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
@@ -69,6 +72,8 @@ pub fn run(cmd: TemplateCommand) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("clap requires one"),
     }
     g.compat = args.compat;
+    config.runtime.seccomp = args.seccomp.0;
+    husk_runtime::seccomp::confine_runtime(args.seccomp.0, "--seccomp")?;
     let size = VmSize {
         vcpus: args.cpus,
         mem_bytes: args.mem,

@@ -1,5 +1,7 @@
 //! `husk vm`: boot a kernel with an initrd or a pmem root image (or start
-//! from a template) and stream the console.
+//! from a template) and stream the console. The main thread takes the
+//! runtime's seccomp list before it opens anything, the VM's threads their
+//! own (`--seccomp off` for neither).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +11,7 @@ use anyhow::Context;
 use clap::Args;
 use husk_vmm::{CompatMode, ConsoleTarget, VmConfig, VmHandle};
 
+use husk_runtime::seccomp::{confine_runtime, Switch};
 use husk_runtime::size::parse_mem_size;
 
 #[derive(Args)]
@@ -63,6 +66,10 @@ pub struct VmArgs {
         value_parser = super::net_arg::parse_net
     )]
     net: Vec<super::net_arg::NetArg>,
+    /// Per-thread seccomp allowlists: on (the default) or off. A thread calling outside its
+    /// list kills husk with a line on stderr naming the call.
+    #[arg(long, default_value = "on", value_name = "on|off")]
+    seccomp: Switch,
     /// Print a machine-readable line on stderr when vCPU 0 first enters the guest (for `husk bench`).
     #[arg(long, hide = true)]
     report_timing: bool,
@@ -99,6 +106,7 @@ impl VmArgs {
             fs: self.fs.clone(),
             net,
             template: self.from_template.clone(),
+            seccomp: self.seccomp.0,
         })
     }
 }
@@ -154,6 +162,8 @@ fn from_template(
 }
 
 pub fn run(args: VmArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    // First: opening taps and images, and building the VM, run confined.
+    confine_runtime(args.seccomp.0, "--seccomp").context("confining husk's threads")?;
     let mut config = args.config()?;
     if args.report_timing {
         config.on_first_entry = Some(print_first_entry);

@@ -361,6 +361,7 @@ pub fn guest_vm_config(
         // One card, as every sandbox has (`HostResources::nic`).
         net: vec![HostResources::unconnected_nic()],
         template: template.map(Path::to_path_buf),
+        seccomp: config.runtime.seccomp,
     }
 }
 

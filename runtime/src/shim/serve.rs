@@ -2,10 +2,13 @@
 //! `start` bound, with the sandbox's VM inside this process once the first
 //! container is created. It logs to the bundle's `log` FIFO (containerd
 //! copies that into its own log) and exits after Shutdown once no
-//! container is left, removing its socket.
+//! container is left, removing its socket. Before it serves anything it
+//! confines itself with the runtime's seccomp list (`crate::seccomp`), so
+//! every thread it starts inherits it; a violation's report goes to that
+//! log too.
 
 use std::fs::OpenOptions;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use super::events::Publisher;
 use super::service::TaskService;
 use super::start::{inherited_listener, sandbox_of, socket_path};
 use super::tasks::Shim;
+use crate::config::{ConfigError, HuskConfig};
 
 /// The Task API's service names: containerd 1.6/1.7 (and 2.x, for shims
 /// that print a plain address) call v2; the generated code registers v3.
@@ -25,7 +29,12 @@ const V3: &str = "/containerd.task.v3.Task/";
 const V2: &str = "/containerd.task.v2.Task/";
 
 pub fn run(args: &ShimArgs) -> anyhow::Result<()> {
-    init_logging(args.debug);
+    // HUSK_CONFIG or the default file. A Create may name another
+    // (containerd's ConfigPath option): that one decides for its VM, but
+    // comes after these threads are confined (`Shim::boot_sandbox` says so).
+    let config = HuskConfig::load(None, None);
+    init_logging(args.debug, config.as_ref().ok());
+    confine(&config)?;
     let bundle = std::env::current_dir().context("finding the bundle")?;
     let sandbox_id = sandbox_of(&args.id, &bundle)?;
     let span = tracing::info_span!("sandbox", id = %sandbox_id);
@@ -59,17 +68,30 @@ pub fn run(args: &ShimArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime's seccomp list on this thread, before any other starts.
+fn confine(config: &Result<HuskConfig, ConfigError>) -> anyhow::Result<()> {
+    let (on, origin) = match config {
+        Ok(c) => (
+            c.runtime.seccomp,
+            format!("runtime.seccomp in {}", c.origin),
+        ),
+        Err(e) => (
+            true,
+            format!("the default, as the config did not load: {e}"),
+        ),
+    };
+    crate::seccomp::confine_runtime(on, &origin).context("confining the shim's threads")
+}
+
 /// Logs go to the bundle's `log` FIFO, which containerd reads; without it
 /// they go nowhere (stderr is /dev/null for the daemon). The level is
 /// HUSK_LOG, else `debug` when containerd runs with -debug, else the
-/// config's `runtime.log_level`.
-fn init_logging(debug: bool) {
+/// config's `runtime.log_level`. Seccomp violations are reported there.
+fn init_logging(debug: bool, config: Option<&HuskConfig>) {
     let level = if debug {
         "debug".to_string()
     } else {
-        crate::config::HuskConfig::load(None, None)
-            .map(|c| c.runtime.log_level)
-            .unwrap_or_else(|_| "info".into())
+        config.map_or_else(|| "info".into(), |c| c.runtime.log_level.clone())
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
         .unwrap_or_else(|_| format!("{level},fuse_backend_rs=warn").into());
@@ -91,9 +113,17 @@ fn init_logging(debug: bool) {
         .with_env_filter(filter)
         .with_ansi(false);
     let installed = match log {
-        Some(f) => tracing::subscriber::set_global_default(
-            builder.with_writer(std::sync::Mutex::new(f)).finish(),
-        ),
+        Some(f) => {
+            let fd = f.as_raw_fd();
+            // The subscriber keeps the FIFO open for the life of the process.
+            let installed = tracing::subscriber::set_global_default(
+                builder.with_writer(std::sync::Mutex::new(f)).finish(),
+            );
+            if installed.is_ok() {
+                husk_vmm::seccomp::set_report_fd(fd);
+            }
+            installed
+        }
         None => {
             tracing::subscriber::set_global_default(builder.with_writer(std::io::sink).finish())
         }

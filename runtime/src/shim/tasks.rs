@@ -48,6 +48,27 @@ impl ContainerTask {
     }
 }
 
+/// The shim's threads were confined (or not) by the config it read at
+/// start; a Create's own config (ConfigPath) decides only for its VM.
+fn warn_if_seccomp_differs(config: &HuskConfig) {
+    let shim = crate::seccomp::runtime_confined();
+    if shim == config.runtime.seccomp {
+        return;
+    }
+    let (vm, threads) = if config.runtime.seccomp {
+        ("confined", "are not")
+    } else {
+        ("unconfined", "stay confined")
+    };
+    tracing::warn!(
+        "runtime.seccomp = {} in {}: the VM's threads run {vm}, but the shim's own threads \
+         {threads} (they follow the config the shim read at start: HUSK_CONFIG or {})",
+        config.runtime.seccomp,
+        config.origin,
+        crate::config::DEFAULT_CONFIG_PATH
+    );
+}
+
 /// What Create needs from containerd's request.
 pub struct CreateRequest {
     pub id: String,
@@ -221,8 +242,27 @@ impl Shim {
             .map_err(|e| TaskError::invalid(e.to_string()))?;
         let settings = SandboxSettings::for_bundle(&self.sandbox_id, &config, spec)
             .map_err(|e| TaskError::invalid(e.to_string()))?;
+        warn_if_seccomp_differs(&config);
+        // Recorded before the boot: if this process dies while the sandbox
+        // boots (killed, or a thread breaking its seccomp list), `delete`
+        // still finds the sandbox's directory and host resources.
+        let state = BundleState {
+            sandbox_id: self.sandbox_id.clone(),
+            state_dir: config.runtime.state_dir.clone(),
+            mounted_rootfs: !req.rootfs.is_empty(),
+        };
+        state.write(&req.bundle).map_err(|e| {
+            TaskError::internal(format!("writing {}/husk.json: {e}", req.bundle.display()))
+        })?;
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
-        let sandbox = Arc::new(Sandbox::boot(&settings)?);
+        let sandbox = match Sandbox::boot(&settings) {
+            Ok(s) => Arc::new(s),
+            // A failed boot leaves nothing behind for `delete` to find.
+            Err(e) => {
+                BundleState::remove(&req.bundle);
+                return Err(e.into());
+            }
+        };
         self.watch_oom(&sandbox);
         *self.sandbox.write().unwrap_or_else(|e| e.into_inner()) = Some(sandbox.clone());
         Ok(sandbox)

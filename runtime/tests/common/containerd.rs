@@ -55,17 +55,23 @@ impl Containerd {
     /// Starts containerd in `/tmp/husk-ctrd-<name>-<pid>` and imports the
     /// busybox image.
     pub fn start(name: &str) -> Self {
-        Self::start_with(name, false)
+        Self::start_with(name, false, &[])
+    }
+
+    /// `start` with extra environment for containerd, which its shims
+    /// inherit (e.g. HUSK_SECCOMP_PROBE).
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(name, false, env)
     }
 
     /// Starts containerd with its CRI plugin and a CNI bridge network
     /// (ci/containerd-env.sh), the busybox and pause images imported into
     /// CRI's `k8s.io` namespace as well.
     pub fn start_cri(name: &str) -> Self {
-        Self::start_with(name, true)
+        Self::start_with(name, true, &[])
     }
 
-    fn start_with(name: &str, cri: bool) -> Self {
+    fn start_with(name: &str, cri: bool, env: &[(&str, &str)]) -> Self {
         let assets = guest_assets();
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let base = PathBuf::from(format!("/tmp/husk-ctrd-{name}-{}", std::process::id()));
@@ -88,6 +94,7 @@ impl Containerd {
             .env("HUSK_CONFIG", &config)
             .env("HUSK_CONTAINERD_CRI", if cri { "1" } else { "0" })
             .env("HUSK_CRI_SANDBOX_IMAGE", PAUSE_IMAGE)
+            .envs(env.iter().copied())
             .stderr(Stdio::inherit())
             .output()
             .expect("running ci/containerd-env.sh start");

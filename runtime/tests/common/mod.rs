@@ -122,6 +122,7 @@ pub fn vm_config(mem_mib: u64, cpus: u8, cmdline: &str) -> VmConfig {
         fs: Vec::new(),
         net: Vec::new(),
         template: None,
+        seccomp: true,
     }
 }
 

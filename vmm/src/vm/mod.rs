@@ -42,6 +42,7 @@ use crate::memory::MemoryError;
 use crate::metrics::VmMetrics;
 use crate::net::NetSpec;
 use crate::pmem::PmemSpec;
+use crate::seccomp::{self, ThreadFilter};
 use crate::snapshot::format::TemplateHeader;
 use crate::vcpu::{kick_signal, Vcpu, VcpuEvent};
 
@@ -76,6 +77,9 @@ pub struct VmConfig {
     /// vCPUs must be the template's; `kernel` and `pmem` images, when given,
     /// must be the files it was made with.
     pub template: Option<PathBuf>,
+    /// Confine the VM's own threads (vCPUs, devices, control) with their
+    /// seccomp allowlists (`crate::seccomp`); off only when asked.
+    pub seccomp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +134,8 @@ pub enum VmError {
     Restore(String),
     #[error("taking the snapshot: {0}")]
     Snapshot(String),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// How a guest that ran to its end ended.
@@ -164,6 +170,8 @@ pub struct Vm {
     /// Written by the console tap when the guest kernel announces power-off.
     power_off_evt: EventFd,
     device_thread: Option<DeviceThread>,
+    /// The control thread's seccomp filter (when seccomp is on).
+    control_filter: Option<ThreadFilter>,
     /// Every virtio device's transport, for snapshots.
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     serial: Arc<Mutex<SerialConsole>>,
@@ -221,7 +229,27 @@ impl Vm {
     }
 
     /// Runs the guest to its end, telling `events` when it starts running.
-    pub fn run_reporting(mut self, events: Option<Sender<VmEvent>>) -> Result<RunReport, VmError> {
+    /// The calling thread stays as it is (the vCPU and device threads are
+    /// confined, with seccomp on).
+    pub fn run_reporting(self, events: Option<Sender<VmEvent>>) -> Result<RunReport, VmError> {
+        self.run_on_thread(events, false)
+    }
+
+    /// `run_reporting` on a thread of the VM's own (`VmHandle`'s
+    /// `husk-vmm`), which takes the control thread's seccomp filter once
+    /// the vCPU threads run (they must not inherit it).
+    pub(crate) fn run_as_control_thread(
+        self,
+        events: Option<Sender<VmEvent>>,
+    ) -> Result<RunReport, VmError> {
+        self.run_on_thread(events, true)
+    }
+
+    fn run_on_thread(
+        mut self,
+        events: Option<Sender<VmEvent>>,
+        confine: bool,
+    ) -> Result<RunReport, VmError> {
         kvm_setup::install_kick_handler();
         let mut threads = Vec::new();
         for vcpu in self.vcpus.drain(..) {
@@ -231,6 +259,9 @@ impl Vm {
                 .spawn(move || vcpu.run())
                 .map_err(VmError::Thread)?;
             threads.push(handle);
+        }
+        if confine {
+            seccomp::confine_or_abort(self.control_filter.as_ref());
         }
         let result = match self.control_loop(events.as_ref()) {
             control::LoopEnd::Done(result) => {

@@ -26,6 +26,7 @@ use crate::device_memory::DeviceMemory;
 use crate::kvm_setup::{self, KvmSetupError};
 use crate::metrics::VmMetrics;
 use crate::resources::GuestResources;
+use crate::seccomp::VmFilters;
 use crate::snapshot::format::{sha256_hex, TemplateHeader};
 use crate::vcpu::{Vcpu, VcpuEvent};
 
@@ -40,6 +41,8 @@ pub(super) struct Machine {
     pub devices: DeviceManager,
     pub cmdline: KernelCmdline,
     pub supported_cpuid: CpuId,
+    /// The VM's threads' seccomp filters, when seccomp is on.
+    pub filters: Option<VmFilters>,
 }
 
 impl Machine {
@@ -50,6 +53,8 @@ impl Machine {
         mem: GuestMemoryMmap,
         base_cmdline: &str,
     ) -> Result<Self, VmError> {
+        // Compiled first: a problem with them is reported before KVM is touched.
+        let filters = config.seccomp.then(VmFilters::compile).transpose()?;
         let profile = CompatProfile::select(config.compat, HostKvm::detect());
         let (kvm, fd) = kvm_setup::create_vm()?;
         kvm_setup::register_memory(&fd, &mem)?;
@@ -82,6 +87,7 @@ impl Machine {
             devices,
             cmdline,
             supported_cpuid,
+            filters,
         })
     }
 
@@ -254,6 +260,7 @@ impl Machine {
             events: wired.events_tx.clone(),
             wake: wired.vcpu_wake.try_clone().map_err(VmError::EventFd)?,
             metrics: wired.metrics.clone(),
+            seccomp: self.filters.as_ref().map(|f| f.vcpu.clone()),
         })
     }
 
@@ -265,7 +272,11 @@ impl Machine {
         identity: TemplateHeader,
     ) -> Result<Vm, VmError> {
         let transports = self.devices.transports();
-        let device_thread = self.devices.start()?;
+        let (devices_filter, control_filter) = match self.filters {
+            Some(f) => (Some(f.devices), Some(f.control)),
+            None => (None, None),
+        };
+        let device_thread = self.devices.start(devices_filter)?;
         let evt = || EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd);
         Ok(Vm {
             _kvm: self.kvm,
@@ -277,6 +288,7 @@ impl Machine {
             reset_evt: wired.reset_evt,
             power_off_evt: wired.power_off_evt,
             device_thread,
+            control_filter,
             transports,
             serial: wired.serial,
             vcpu_wake: wired.vcpu_wake,
