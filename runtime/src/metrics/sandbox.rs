@@ -108,6 +108,11 @@ impl SandboxMetrics {
         let _ = self.vm.set(vm);
     }
 
+    /// The VM's counters, once it exists.
+    pub fn vm(&self) -> Option<&Arc<VmMetrics>> {
+        self.vm.get()
+    }
+
     /// Monotonic ns of `phase`, if reached.
     pub fn phase_ns(&self, phase: Phase) -> Option<u64> {
         if phase == Phase::VmEntry {

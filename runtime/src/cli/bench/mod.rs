@@ -4,6 +4,7 @@ mod boot;
 mod clones;
 mod density;
 mod guest_process;
+mod net;
 mod start;
 mod syscalls;
 
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     Density(density::DensityArgs),
     /// `ctr run --rm ... /bin/true` with husk and with runc; an idle pod's memory.
     Start(start::StartBenchArgs),
+    /// TCP throughput host <-> pod through husk's pod network, against the veth alone.
+    Net(net::NetBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -29,6 +32,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Syscalls(args) => syscalls::run(args),
         BenchCommand::Density(args) => density::run(args),
         BenchCommand::Start(args) => start::run(args),
+        BenchCommand::Net(args) => net::run(args),
     }
 }
 
