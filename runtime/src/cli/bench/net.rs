@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,10 +110,63 @@ impl Drop for PodNetns {
     }
 }
 
-/// One transfer's figures.
+/// One transfer's figures; `vm` only for husk's.
 struct Transfer {
     secs: f64,
-    exits: Option<u64>,
+    vm: Option<VmCounters>,
+}
+
+/// The VM's counters that a transfer moves (a difference once `since`).
+#[derive(Clone, Copy, Default)]
+struct VmCounters {
+    exits: u64,
+    /// Frames the guest's NIC was given and sent, and their bytes.
+    frames_in: u64,
+    bytes_in: u64,
+    frames_out: u64,
+    bytes_out: u64,
+}
+
+impl VmCounters {
+    fn read(sandbox: &Sandbox) -> Option<Self> {
+        let vm = sandbox.metrics().vm()?;
+        let mut c = Self {
+            exits: vm.vcpus.iter().map(|v| v.total()).sum(),
+            ..Self::default()
+        };
+        for n in &vm.devices.net {
+            c.frames_in += n.rx_packets.load(Ordering::Relaxed);
+            c.bytes_in += n.rx_bytes.load(Ordering::Relaxed);
+            c.frames_out += n.tx_packets.load(Ordering::Relaxed);
+            c.bytes_out += n.tx_bytes.load(Ordering::Relaxed);
+        }
+        Some(c)
+    }
+
+    fn since(self, before: Option<Self>) -> Option<Self> {
+        let b = before?;
+        Some(Self {
+            exits: self.exits.saturating_sub(b.exits),
+            frames_in: self.frames_in.saturating_sub(b.frames_in),
+            bytes_in: self.bytes_in.saturating_sub(b.bytes_in),
+            frames_out: self.frames_out.saturating_sub(b.frames_out),
+            bytes_out: self.bytes_out.saturating_sub(b.bytes_out),
+        })
+    }
+
+    /// Mean bytes of the frames carrying the data (`into` the guest or out).
+    fn mean_frame(&self, into: bool) -> u64 {
+        let (frames, bytes) = if into {
+            (self.frames_in, self.bytes_in)
+        } else {
+            (self.frames_out, self.bytes_out)
+        };
+        bytes.checked_div(frames).unwrap_or(0)
+    }
+}
+
+fn counters_since(sandbox: &Sandbox, before: Option<VmCounters>) -> Option<VmCounters> {
+    VmCounters::read(sandbox)?.since(before)
 }
 
 impl Transfer {
@@ -185,22 +239,24 @@ pub fn run(args: NetBenchArgs) -> anyhow::Result<ExitCode> {
         args.mib
     );
     println!(
-        "  {:<14} {:>10} {:>10} {:>12} {:>16}",
-        "direction", "veth", "husk", "husk/veth", "vCPU exits/MiB"
+        "  {:<14} {:>10} {:>10} {:>12} {:>16} {:>18}",
+        "direction", "veth", "husk", "husk/veth", "vCPU exits/MiB", "mean data frame B"
     );
-    for (name, veth, husk) in [
-        ("host -> pod", &veth_in, &husk_in),
-        ("pod -> host", &veth_out, &husk_out),
+    for (name, into, veth, husk) in [
+        ("host -> pod", true, &veth_in, &husk_in),
+        ("pod -> host", false, &veth_out, &husk_out),
     ] {
-        let exits = husk.exits.map_or("n/a".to_string(), |e| {
-            format!("{:.0}", e as f64 / args.mib as f64)
+        let (exits, frame) = husk.vm.map_or(("n/a".into(), "n/a".into()), |c| {
+            (
+                format!("{:.0}", c.exits as f64 / args.mib as f64),
+                c.mean_frame(into).to_string(),
+            )
         });
         println!(
-            "  {name:<14} {:>10.1} {:>10.1} {:>12.3} {:>16}",
+            "  {name:<14} {:>10.2} {:>10.3} {:>12.4} {exits:>16} {frame:>18}",
             veth.mib_per_s(args.mib),
             husk.mib_per_s(args.mib),
             husk.mib_per_s(args.mib) / veth.mib_per_s(args.mib),
-            exits
         );
     }
     if matches!(husk_vmm::HostKvm::detect(), husk_vmm::HostKvm::SoftwarePvm) {
@@ -288,7 +344,7 @@ fn veth_host_to_pod(netns: &Path, bytes: u64) -> anyhow::Result<Transfer> {
         got == bytes,
         "the pod netns received {got} of {bytes} bytes"
     );
-    Ok(Transfer { secs, exits: None })
+    Ok(Transfer { secs, vm: None })
 }
 
 fn veth_pod_to_host(netns: &Path, bytes: u64) -> anyhow::Result<Transfer> {
@@ -301,7 +357,7 @@ fn veth_pod_to_host(netns: &Path, bytes: u64) -> anyhow::Result<Transfer> {
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))??;
     anyhow::ensure!(got == bytes, "the host received {got} of {bytes} bytes");
-    Ok(Transfer { secs, exits: None })
+    Ok(Transfer { secs, vm: None })
 }
 
 /// Host to pod, then pod to host, each with a container in the guest.
@@ -312,7 +368,6 @@ fn husk_transfers(
 ) -> anyhow::Result<(Transfer, Transfer)> {
     let mib = bytes >> 20;
     eprintln!("bench net: host -> pod through husk");
-    let exits0 = vcpu_exits(sandbox);
     let rx = start_container(
         sandbox,
         bundle,
@@ -320,43 +375,34 @@ fn husk_transfers(
         &format!("nc -l -p {PORT} > /dev/null"),
     )?;
     let s = connect_retrying(POD_IP, PORT, Duration::from_secs(300))?;
+    let before = VmCounters::read(sandbox);
     let secs = send_all(s, bytes)?;
-    wait_container(sandbox, &rx)?;
     let into = Transfer {
         secs,
-        exits: exits_since(sandbox, exits0),
+        vm: counters_since(sandbox, before),
     };
+    wait_container(sandbox, &rx)?;
 
     eprintln!("bench net: pod -> host through husk");
     let listener = TcpListener::bind((HOST_IP, PORT)).context("listening on the host")?;
-    let exits0 = vcpu_exits(sandbox);
     let script = format!(
         "dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc {HOST_IP} {PORT}",
         mib * 16
     );
     let tx = start_container(sandbox, bundle, "net-tx", &script)?;
     let (s, _) = listener.accept()?;
+    let before = VmCounters::read(sandbox);
     let (got, secs) = receive_all(s)?;
+    let out = Transfer {
+        secs,
+        vm: counters_since(sandbox, before),
+    };
     wait_container(sandbox, &tx)?;
     anyhow::ensure!(
         got == bytes,
         "the host received {got} of {bytes} bytes from the guest"
     );
-    let out = Transfer {
-        secs,
-        exits: exits_since(sandbox, exits0),
-    };
     Ok((into, out))
-}
-
-/// vCPU exits so far, over every vCPU and reason.
-fn vcpu_exits(sandbox: &Sandbox) -> Option<u64> {
-    let vm = sandbox.metrics().vm()?;
-    Some(vm.vcpus.iter().map(|v| v.total()).sum())
-}
-
-fn exits_since(sandbox: &Sandbox, before: Option<u64>) -> Option<u64> {
-    Some(vcpu_exits(sandbox)?.saturating_sub(before?))
 }
 
 /// A container of the bench's bundle running `sh -c script`, started.
