@@ -13,6 +13,9 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use husk_runtime::network::{self, in_netns, NetworkError, PodNetwork, TAP_NAME};
+use husk_runtime::sandbox::host::{HostError, HostResources};
+use husk_runtime::sandbox::spec::SandboxNetwork;
+use husk_runtime::sandbox::SandboxDir;
 use netns_pair::NetnsPair;
 
 /// IFF_VNET_HDR without TUNSETVNETHDRSZ: a 10-byte virtio_net_hdr per frame.
@@ -279,6 +282,29 @@ fn an_interface_without_addresses_is_refused() {
     pair.pod(&["addr", "flush", "dev", "eth0"]);
     let err = network::setup(&pair.pod_path(), TAP_NAME).unwrap_err();
     assert!(err.to_string().contains("eth0 has no IP address"), "{err}");
+}
+
+#[test]
+fn an_mtu_above_the_guest_nics_is_refused_and_leaves_nothing() {
+    let Some(pair) = NetnsPair::new("bigmtu") else {
+        return;
+    };
+    pair.pod(&["link", "set", "eth0", "mtu", "9500"]);
+    let state = tempfile::tempdir().unwrap();
+    let dir = SandboxDir::new(state.path(), "bigmtu");
+    dir.create().unwrap();
+    let err = HostResources::acquire(&dir, None, &SandboxNetwork::Pod(pair.pod_path()))
+        .err()
+        .expect("MTU 9500 is refused");
+    assert!(matches!(err, HostError::Mtu(9500)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("MTU 9500") && text.contains("at most 9000"),
+        "{text}"
+    );
+    assert!(!pair.pod_has_link(TAP_NAME), "a refused pod keeps no tap");
+    assert_eq!(pair.ingress_qdiscs(), Vec::<String>::new());
+    dir.remove().unwrap();
 }
 
 // ---- frames -------------------------------------------------------------
