@@ -206,10 +206,12 @@ fn boot_with(
             }
         })?;
     let agent = Agent::new(client, metrics.agent.clone());
-    metrics.mark(Phase::AgentReady);
+    // A clone's connection may be one the template left parked, ready on
+    // the host before the guest runs: its agent is ready once it answered.
     if template.is_some() {
         make_clone_its_own(&s.id, &agent)?;
     }
+    metrics.mark(Phase::AgentReady);
     let req = agent::CreateSandboxRequest {
         sandbox_id: s.id.clone(),
         hostname: s.hostname.clone().unwrap_or_default(),
