@@ -18,7 +18,7 @@ use containerd_shim_protos::api::DeleteResponse;
 use containerd_shim_protos::protobuf::Message;
 
 use super::args::ShimArgs;
-use super::start::{is_live, socket_path};
+use super::start::{address_of, is_live, socket_path};
 use super::state::BundleState;
 use crate::sandbox::host::release_recorded;
 use crate::sandbox::mounts::unmount_all_under;
@@ -37,7 +37,7 @@ pub fn run(args: &ShimArgs) -> anyhow::Result<()> {
                 .context("unmounting the container's rootfs")?;
         }
         let socket = socket_path(&args.address, &args.namespace, &state.sandbox_id);
-        if !is_live(&socket) {
+        if !is_serving(&socket, &state.sandbox_id) {
             let dir = SandboxDir::new(&state.state_dir, &state.sandbox_id);
             release_recorded(&dir);
             dir.remove().context("removing the sandbox directory")?;
@@ -55,4 +55,27 @@ pub fn run(args: &ShimArgs) -> anyhow::Result<()> {
         .write_all(&bytes)
         .context("writing the DeleteResponse")?;
     Ok(())
+}
+
+/// Whether the sandbox's shim still answers on `socket`. Accepting a
+/// connection is not enough: a dying shim's listener accepts until the
+/// kernel closes it, which can be after containerd saw the shim's
+/// connection drop and ran this; a dead shim's sandbox left alone leaks.
+fn is_serving(socket: &std::path::Path, sandbox_id: &str) -> bool {
+    use containerd_shim_protos::{api::ConnectRequest, ttrpc, TaskClient};
+    if !is_live(socket) {
+        return false;
+    }
+    let Ok(client) = ttrpc::Client::connect(&address_of(socket)) else {
+        return false;
+    };
+    let req = ConnectRequest {
+        id: sandbox_id.to_string(),
+        ..Default::default()
+    };
+    let ctx = ttrpc::context::with_timeout(std::time::Duration::from_secs(2).as_nanos() as i64);
+    match TaskClient::new(client).connect(ctx, &req) {
+        Ok(_) | Err(ttrpc::Error::RpcStatus(_)) => true,
+        Err(_) => false,
+    }
 }
