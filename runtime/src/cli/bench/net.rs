@@ -253,7 +253,7 @@ pub fn run(args: NetBenchArgs) -> anyhow::Result<ExitCode> {
             )
         });
         println!(
-            "  {name:<14} {:>10.2} {:>10.3} {:>12.4} {exits:>16} {frame:>18}",
+            "  {name:<14} {:>10.2} {:>10.3} {:>12.2e} {exits:>16} {frame:>18}",
             veth.mib_per_s(args.mib),
             husk.mib_per_s(args.mib),
             husk.mib_per_s(args.mib) / veth.mib_per_s(args.mib),
