@@ -177,6 +177,46 @@ fn is_mapping_header(line: &str) -> bool {
         })
 }
 
+/// A running process and its arguments.
+#[derive(Debug, Clone)]
+pub struct ProcessArgs {
+    pub pid: u32,
+    pub args: Vec<String>,
+}
+
+/// Every process of the host that is not a zombie, with its arguments
+/// (processes that end during the scan are left out).
+pub fn live_processes() -> Vec<ProcessArgs> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(e.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        let args = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        found.push(ProcessArgs { pid, args });
+    }
+    found
+}
+
 pub fn thread_count(pid: u32) -> Result<u64, ProcfsError> {
     let (text, path) = read(proc_path(pid, "status"))?;
     field(&text, "Threads").ok_or(ProcfsError::Field {
@@ -253,6 +293,15 @@ fn proc_path(pid: u32, file: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_processes_include_this_one_with_its_arguments() {
+        let me = std::process::id();
+        let found = live_processes();
+        let mine = found.iter().find(|p| p.pid == me).expect("this process");
+        let want: Vec<String> = std::env::args().collect();
+        assert_eq!(mine.args, want);
+    }
 
     #[test]
     fn reads_this_process() {

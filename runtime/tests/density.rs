@@ -148,16 +148,7 @@ fn husk_metrics_of_a_running_sandbox_parse_and_move_with_the_guest() {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
     let bundle = base.join("bundle");
-    let made = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../rootfs/busybox-bundle.sh"
-    ))
-    .arg(&bundle)
-    .args(["sh", "-c", WORKER])
-    .stdout(Stdio::null())
-    .status()
-    .unwrap();
-    assert!(made.success(), "building the bundle");
+    common::busybox_bundle(&bundle, &["sh", "-c", WORKER]);
     let state = base.join("state");
     let config = base.join("husk.toml");
     std::fs::write(&config, husk_config(&state)).unwrap();
@@ -271,20 +262,13 @@ fn server_pid(socket: &Path) -> Option<u32> {
 
 /// Processes whose command line names a pod id starting with `prefix`.
 fn processes_of(prefix: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(&format!(" {prefix}-")) && alive(pid) {
-            found.push(format!("{pid}: {text}"));
-        }
-    }
-    found
+    let id = format!(" {prefix}-");
+    husk_runtime::procfs::live_processes()
+        .into_iter()
+        .map(|p| (p.pid, format!(" {}", p.args.join(" "))))
+        .filter(|(_, text)| text.contains(&id))
+        .map(|(pid, text)| format!("{pid}:{text}"))
+        .collect()
 }
 
 #[test]

@@ -22,16 +22,7 @@ fn husk_run_runs_a_bundle_and_forwards_sigint() {
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
     let bundle = base.join("bundle");
-    let made = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../rootfs/busybox-bundle.sh"
-    ))
-    .arg(&bundle)
-    .args(["sh", "-c", SCRIPT])
-    .stdout(Stdio::null())
-    .status()
-    .unwrap();
-    assert!(made.success(), "building the bundle");
+    common::busybox_bundle(&bundle, &["sh", "-c", SCRIPT]);
     let state = base.join("state");
     let config = base.join("husk.toml");
     std::fs::write(&config, husk_config(&state)).unwrap();

@@ -200,36 +200,17 @@ impl Containerd {
     /// husk shim processes serving this containerd.
     pub fn shim_pids(&self) -> Vec<u32> {
         let address = self.address.display().to_string();
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|&b| b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let is_shim = args
-                .first()
-                .is_some_and(|a| a.ends_with("containerd-shim-husk-v2"));
-            let ours = args.contains(&address);
-            let zombie = std::fs::read_to_string(entry.path().join("stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true);
-            if is_shim && ours && !zombie {
-                pids.push(pid);
-            }
-        }
-        pids
+        husk_runtime::procfs::live_processes()
+            .into_iter()
+            .filter(|p| {
+                let is_shim = p
+                    .args
+                    .first()
+                    .is_some_and(|a| a.ends_with("containerd-shim-husk-v2"));
+                is_shim && p.args.contains(&address)
+            })
+            .map(|p| p.pid)
+            .collect()
     }
 
     /// Everything husk could leave behind for this containerd, described;

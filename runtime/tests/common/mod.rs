@@ -30,6 +30,20 @@ pub struct GuestAssets {
     pub pause: PathBuf,
 }
 
+/// An OCI bundle at `dir` (rootfs/busybox-bundle.sh) whose process is `args`.
+pub fn busybox_bundle(dir: &Path, args: &[&str]) {
+    let made = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../rootfs/busybox-bundle.sh"
+    ))
+    .arg(dir)
+    .args(args)
+    .stdout(std::process::Stdio::null())
+    .status()
+    .unwrap();
+    assert!(made.success(), "building the bundle");
+}
+
 /// The kernel, initramfs and pmem images: from the environment (`make test` sets
 /// them) or built through ci/guest-assets.sh (cached after the first build).
 pub fn guest_assets() -> &'static GuestAssets {

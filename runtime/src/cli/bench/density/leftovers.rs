@@ -26,35 +26,16 @@ pub fn find(bench: &Bench, containerd: Option<&Path>, ids: &[String]) -> Vec<Str
 /// Live processes whose command line carries `-id <prefix>-...` or
 /// `--id <prefix>-...` (the shim and `husk run`).
 fn processes(prefix: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|&b| b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let ours = args
-            .windows(2)
-            .any(|w| (w[0] == "-id" || w[0] == "--id") && w[1].starts_with(&format!("{prefix}-")));
-        let zombie = std::fs::read_to_string(e.path().join("stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true);
-        if ours && !zombie {
-            found.push(format!("process {pid}: {}", args.join(" ").trim()));
-        }
-    }
-    found
+    let id = format!("{prefix}-");
+    husk_runtime::procfs::live_processes()
+        .into_iter()
+        .filter(|p| {
+            p.args
+                .windows(2)
+                .any(|w| (w[0] == "-id" || w[0] == "--id") && w[1].starts_with(&id))
+        })
+        .map(|p| format!("process {}: {}", p.pid, p.args.join(" ")))
+        .collect()
 }
 
 /// Anything left in the run's state directory but its empty skeleton.
