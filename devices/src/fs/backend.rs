@@ -44,7 +44,11 @@ pub(super) fn new_server(
 fn passthrough_config(config: &FsConfig) -> Config {
     let (cache_policy, timeout) = match config.cache {
         CacheMode::None => (CachePolicy::Never, Duration::ZERO),
-        CacheMode::Auto => (CachePolicy::Auto, Duration::from_secs(1)),
+        // fuse-backend-rs's Auto drops the guest's page cache on every
+        // open (no KEEP_CACHE): every exec re-reads the binary. Its Always
+        // keeps it; with short timeouts and AUTO_INVAL_DATA (`PolicyFs`)
+        // the guest still sees host changes within a second.
+        CacheMode::Auto => (CachePolicy::Always, Duration::from_secs(1)),
         CacheMode::Always => (CachePolicy::Always, Duration::from_secs(86_400)),
     };
     Config {

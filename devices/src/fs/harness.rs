@@ -134,6 +134,8 @@ pub struct FsHarness {
     /// The shared directory.
     pub dir: TempDir,
     unique: u64,
+    /// The flags the device answered FUSE INIT with.
+    pub init_flags: u32,
 }
 
 impl Default for FsHarness {
@@ -173,10 +175,12 @@ impl FsHarness {
             dev,
             dir,
             unique: 0,
+            init_flags: 0,
         };
         h.pump();
         let init = h.init();
         assert_eq!(init.major, 7, "FUSE INIT failed");
+        h.init_flags = init.flags;
         h
     }
 
@@ -275,6 +279,9 @@ fn writable_lens(total: usize) -> Vec<u32> {
     lens
 }
 
+/// FUSE_AUTO_INVAL_DATA (<linux/fuse.h>).
+pub const AUTO_INVAL_DATA: u32 = 1 << 12;
+
 /// One method per FUSE operation, as the guest kernel would send it.
 impl FsHarness {
     pub fn init(&mut self) -> InitOut {
@@ -282,7 +289,8 @@ impl FsHarness {
             major: 7,
             minor: KERNEL_MINOR,
             max_readahead: 128 << 10,
-            flags: 0,
+            // What a Linux guest offers among the flags the device answers.
+            flags: AUTO_INVAL_DATA,
         };
         let more = [0u8; 48]; // InitIn2 (flags2 + unused) for minor >= 36
         self.call(Opcode::Init, 0, &[args.as_slice(), &more])
@@ -369,12 +377,16 @@ impl FsHarness {
     }
 
     pub fn open(&mut self, node: u64, flags: i32) -> Result<u64, i32> {
+        self.open_out(node, flags).map(|out| out.fh)
+    }
+
+    /// OPEN's whole reply: the handle and the open flags (cache, direct IO).
+    pub fn open_out(&mut self, node: u64, flags: i32) -> Result<OpenOut, i32> {
         let args = OpenIn {
             flags: flags as u32,
             fuse_flags: 0,
         };
-        let out: OpenOut = self.call(Opcode::Open, node, &[args.as_slice()]).ok()?;
-        Ok(out.fh)
+        self.call(Opcode::Open, node, &[args.as_slice()]).ok()
     }
 
     pub fn read(&mut self, node: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {

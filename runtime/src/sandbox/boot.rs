@@ -26,7 +26,7 @@ use super::dir::{SandboxDir, SHARED_FS_TAG};
 use super::host::{release_recorded, HostResources};
 use super::size::{vm_size, VmSize};
 use super::spec::{BundleSpec, SandboxNetwork};
-use super::{ctx, Sandbox, SandboxError, RPC_TIMEOUT};
+use super::{ctx, Sandbox, SandboxError};
 use crate::agent::Agent;
 use crate::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 use crate::config::{GuestBoot, HuskConfig};
@@ -198,8 +198,11 @@ fn boot_with(
         }
     };
     let agent_ready = Instant::now();
+    // The boot's calls share its one budget: on a loaded host (software
+    // KVM) a guest may take minutes to answer even a trivial call.
+    let budget = BootBudget(started + s.boot_timeout);
     let client =
-        connect_agent(&dir.vsock_socket(), AGENT_VSOCK_PORT, RPC_TIMEOUT).map_err(|source| {
+        connect_agent(&dir.vsock_socket(), AGENT_VSOCK_PORT, budget.left()).map_err(|source| {
             SandboxError::Agent {
                 id: s.id.clone(),
                 source,
@@ -209,7 +212,7 @@ fn boot_with(
     // A clone's connection may be one the template left parked, ready on
     // the host before the guest runs: its agent is ready once it answered.
     if template.is_some() {
-        make_clone_its_own(&s.id, &agent)?;
+        make_clone_its_own(&s.id, &agent, &budget)?;
     }
     metrics.mark(Phase::AgentReady);
     let req = agent::CreateSandboxRequest {
@@ -219,10 +222,10 @@ fn boot_with(
         ..Default::default()
     };
     agent
-        .create_sandbox(ctx(RPC_TIMEOUT), &req)
+        .create_sandbox(ctx(budget.left()), &req)
         .map_err(|e| SandboxError::rpc(format!("sandbox {}: CreateSandbox", s.id), e))?;
     if let Some(net) = host.network() {
-        configure_guest_network(&s.id, &agent, net)?;
+        configure_guest_network(&s.id, &agent, net, &budget)?;
     }
     metrics.mark(Phase::SandboxReady);
     tracing::info!(
@@ -244,12 +247,13 @@ fn configure_guest_network(
     id: &str,
     agent: &Agent,
     net: &crate::network::PodNetwork,
+    budget: &BootBudget,
 ) -> Result<(), SandboxError> {
     agent
-        .update_interface(ctx(RPC_TIMEOUT), &net.guest.update_interface_request())
+        .update_interface(ctx(budget.left()), &net.guest.update_interface_request())
         .map_err(|e| SandboxError::rpc(format!("sandbox {id}: UpdateInterface"), e))?;
     agent
-        .update_routes(ctx(RPC_TIMEOUT), &net.guest.update_routes_request())
+        .update_routes(ctx(budget.left()), &net.guest.update_routes_request())
         .map_err(|e| SandboxError::rpc(format!("sandbox {id}: UpdateRoutes"), e))?;
     tracing::info!(
         sandbox = %id,
@@ -291,6 +295,19 @@ pub fn start_and_wait_ready(
     Ok(vm)
 }
 
+/// When the boot (`boot_timeout_secs` from the launch) must be over.
+struct BootBudget(Instant);
+
+impl BootBudget {
+    /// What a call may still take; a call made past the deadline gets one
+    /// second, so its error (a timeout) names the call.
+    fn left(&self) -> Duration {
+        self.0
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1))
+    }
+}
+
 /// Listens where the agent's ready call arrives (before the VM starts).
 fn bind_ready(id: &str, dir: &SandboxDir) -> Result<UnixListener, SandboxError> {
     UnixListener::bind(dir.ready_socket()).map_err(|source| SandboxError::Ready {
@@ -300,7 +317,7 @@ fn bind_ready(id: &str, dir: &SandboxDir) -> Result<UnixListener, SandboxError> 
 }
 
 /// A clone of a template gets the host's wall clock and host entropy.
-fn make_clone_its_own(id: &str, agent: &Agent) -> Result<(), SandboxError> {
+fn make_clone_its_own(id: &str, agent: &Agent, budget: &BootBudget) -> Result<(), SandboxError> {
     let mut entropy = vec![0u8; 64];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
@@ -317,7 +334,7 @@ fn make_clone_its_own(id: &str, agent: &Agent) -> Result<(), SandboxError> {
         ..Default::default()
     };
     agent
-        .restored(ctx(RPC_TIMEOUT), &req)
+        .restored(ctx(budget.left()), &req)
         .map_err(|e| SandboxError::rpc(format!("sandbox {id}: Restored"), e))?;
     Ok(())
 }

@@ -21,7 +21,13 @@ impl FileSystem for PolicyFs {
     type Handle = Handle;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        self.inner.init(capable)
+        let mut options = self.inner.init(capable)?;
+        // The guest keeps file pages across opens (KEEP_CACHE) and drops
+        // them when it sees the host changed the file's mtime or size.
+        if capable.contains(FsOptions::AUTO_INVAL_DATA) {
+            options |= FsOptions::AUTO_INVAL_DATA;
+        }
+        Ok(options)
     }
 
     fn destroy(&self) {

@@ -50,7 +50,7 @@ impl HostInfo {
             HostKvm::Hardware => "hardware (VT-x/AMD-V)".to_string(),
             HostKvm::SoftwarePvm => "software (kvm_pvm): guest kernel code is emulated, so start \
                  times here are dominated by the emulated guest kernel and are not comparable \
-                 with hardware KVM; memory figures are"
+                 with hardware KVM; memory figures are (the kernel's page accounting is the same)"
                 .to_string(),
         };
         vec![
