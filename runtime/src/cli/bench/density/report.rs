@@ -156,6 +156,14 @@ fn totals_lines(out: &mut String, running: &[&Pod], t: &Totals) {
         .filter_map(|p| p.figures.map(|f| f.memory.husk_own().pss_kib))
         .sum();
     let _ = writeln!(out, "\n  in total ({} pods running)", running.len());
+    if t.idle_window_secs == 0.0 {
+        // Stopped (a failure, Ctrl-C) before the pods were measured.
+        let _ = writeln!(
+            out,
+            "    not measured: the bench stopped before the measurement"
+        );
+        return;
+    }
     let _ = writeln!(
         out,
         "    PSS of their husk processes  {:>10.1} MiB ({:.2} MiB per pod; husk's own {:.2} MiB per pod)",
