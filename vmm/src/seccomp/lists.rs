@@ -37,6 +37,8 @@ pub fn base() -> Allowlist {
     // The report reads the thread's name and makes the process non-dumpable
     // (a core of guest memory helps no one).
     list.allow_arg(prctl, 0, &[libc::PR_GET_NAME as u64]);
+    // std's debug builds check an fd is open (F_GETFD) before closing it.
+    list.allow_arg(fcntl, 1, &[libc::F_GETFD as u64]);
     list.allow_when(
         prctl,
         &[
