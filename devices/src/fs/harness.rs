@@ -279,9 +279,6 @@ fn writable_lens(total: usize) -> Vec<u32> {
     lens
 }
 
-/// FUSE_AUTO_INVAL_DATA (<linux/fuse.h>).
-pub const AUTO_INVAL_DATA: u32 = 1 << 12;
-
 /// One method per FUSE operation, as the guest kernel would send it.
 impl FsHarness {
     pub fn init(&mut self) -> InitOut {
@@ -290,7 +287,7 @@ impl FsHarness {
             minor: KERNEL_MINOR,
             max_readahead: 128 << 10,
             // What a Linux guest offers among the flags the device answers.
-            flags: AUTO_INVAL_DATA,
+            flags: fuse_backend_rs::abi::fuse_abi::FsOptions::AUTO_INVAL_DATA.bits() as u32,
         };
         let more = [0u8; 48]; // InitIn2 (flags2 + unused) for minor >= 36
         self.call(Opcode::Init, 0, &[args.as_slice(), &more])

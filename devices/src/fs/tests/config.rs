@@ -5,9 +5,9 @@ use std::fs;
 use std::path::PathBuf;
 
 use super::*;
-use crate::fs::harness::AUTO_INVAL_DATA;
 use crate::fs::{CacheMode, FsConfig, FsDevice, FsError, MAX_REQUEST_QUEUES};
 use crate::virtio::VirtioDevice;
+use fuse_backend_rs::abi::fuse_abi::{FsOptions, OpenOptions};
 
 fn config(dir: PathBuf) -> FsConfig {
     FsConfig {
@@ -150,27 +150,25 @@ fn cache_modes_set_the_entry_and_attribute_timeouts() {
     }
 }
 
-/// FOPEN_DIRECT_IO and FOPEN_KEEP_CACHE (<linux/fuse.h>).
-const DIRECT_IO: u32 = 1 << 0;
-const KEEP_CACHE: u32 = 1 << 1;
-
 #[test]
 fn auto_and_always_keep_the_guest_page_cache_across_opens() {
     // Without KEEP_CACHE the guest drops a file's pages at every open, so
     // every exec of a container's binary reads it again from the host.
     for (mode, expected) in [
-        (CacheMode::None, DIRECT_IO),
-        (CacheMode::Auto, KEEP_CACHE),
-        (CacheMode::Always, KEEP_CACHE),
+        (CacheMode::None, OpenOptions::DIRECT_IO),
+        (CacheMode::Auto, OpenOptions::KEEP_CACHE),
+        (CacheMode::Always, OpenOptions::KEEP_CACHE),
     ] {
         let mut h = FsHarness::with_config(|c| c.cache = mode);
         // ...and drops them when it sees the host changed the file.
-        assert_ne!(h.init_flags & AUTO_INVAL_DATA, 0, "{mode:?}");
+        let init = FsOptions::from_bits_truncate(u64::from(h.init_flags));
+        assert!(init.contains(FsOptions::AUTO_INVAL_DATA), "{mode:?}");
         fs::write(h.host("f"), b"data").unwrap();
         let node = h.lookup(ROOT, "f").unwrap().nodeid;
         let out = h.open_out(node, libc::O_RDONLY).unwrap();
         assert_eq!(
-            out.open_flags & (DIRECT_IO | KEEP_CACHE),
+            OpenOptions::from_bits_truncate(out.open_flags)
+                & (OpenOptions::DIRECT_IO | OpenOptions::KEEP_CACHE),
             expected,
             "{mode:?}"
         );
