@@ -15,6 +15,7 @@
 mod boot;
 mod container;
 pub mod dir;
+mod ended;
 pub mod host;
 pub mod host_cgroup;
 pub mod mounts;
@@ -168,6 +169,20 @@ impl Sandbox {
 
     fn vm(&self) -> std::sync::MutexGuard<'_, Option<VmHandle>> {
         self.vm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why the VM ended, once it has; waits up to `grace` for its thread to
+    /// finish (an agent call fails the moment the guest's connections
+    /// close, a little before the VM's thread is done). None while it runs.
+    pub fn end_reason(&self, grace: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + grace;
+        while !self.vm_ended() {
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(ended::end_reason(&self.console_tail(40)))
     }
 
     /// The last lines of the guest console, for error reports.

@@ -12,7 +12,7 @@ use husk_agent_protocol::agent;
 use super::convert::timestamp;
 use super::events::{Publisher, TaskEvent};
 use crate::agent::Agent;
-use crate::sandbox::blocking_ctx;
+use crate::sandbox::{blocking_ctx, Sandbox};
 use crate::stdio::{Endpoint, ProcessId, ProcessStdio, StdioCopiers};
 
 /// How long output may trail an exit: a process's children can hold its
@@ -20,6 +20,9 @@ use crate::stdio::{Endpoint, ProcessId, ProcessStdio, StdioCopiers};
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Exit status when the agent cannot tell (the VM is gone).
 const LOST: u32 = 255;
+/// How long a failed wait gives the VM's thread to finish before the
+/// failure is put down to the agent connection alone.
+const VM_END_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -128,14 +131,14 @@ impl ProcessTask {
     }
 
     /// Waits for the exit in a thread of its own.
-    pub fn watch(self: &Arc<Self>, agent: Agent, events: Publisher) {
+    pub fn watch(self: &Arc<Self>, sandbox: Arc<Sandbox>, events: Publisher) {
         let me = self.clone();
         let span = tracing::info_span!("container", id = %self.container, exec = %self.exec);
         let spawned = std::thread::Builder::new()
             .name("husk-wait".into())
             .spawn(move || {
                 let _g = span.enter();
-                me.wait_in_guest(&agent, &events);
+                me.wait_in_guest(&sandbox, &events);
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the exit watcher: {e}");
@@ -143,16 +146,25 @@ impl ProcessTask {
         }
     }
 
-    fn wait_in_guest(&self, agent: &Agent, events: &Publisher) {
+    fn wait_in_guest(&self, sandbox: &Sandbox, events: &Publisher) {
         let req = agent::WaitProcessRequest {
             container_id: self.container.clone(),
             exec_id: self.exec.clone(),
             ..Default::default()
         };
-        let status = match agent.wait_process(blocking_ctx(), &req) {
+        let status = match sandbox.agent().wait_process(blocking_ctx(), &req) {
             Ok(r) => u32::try_from(r.exit_status).unwrap_or(LOST),
             Err(e) => {
-                tracing::warn!("the process's exit is lost (the VM or agent went away): {e}");
+                match sandbox.end_reason(VM_END_GRACE) {
+                    Some(why) => tracing::error!(
+                        "the sandbox's VM ended ({why}): the process's exit status is lost, \
+                         reported as {LOST}"
+                    ),
+                    None => tracing::error!(
+                        "waiting for the process in the guest failed ({e}): its exit status \
+                         is lost, reported as {LOST}"
+                    ),
+                }
                 LOST
             }
         };

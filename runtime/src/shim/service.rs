@@ -162,7 +162,7 @@ impl TaskService {
         p.set_pid(resp.pid);
         p.set_running();
         p.attach_io(agent);
-        p.watch(agent.clone(), self.shim.events.clone());
+        p.watch(sandbox.clone(), self.shim.events.clone());
         let mut e = TaskExecStarted::new();
         e.container_id = id.to_string();
         e.exec_id = p.exec.clone();

@@ -201,7 +201,7 @@ impl Shim {
         let init = Arc::new(ProcessTask::new(&req.id, "", req.io.clone(), None));
         init.set_pid(pid);
         init.attach_io(sandbox.agent());
-        init.watch(sandbox.agent().clone(), self.events.clone());
+        init.watch(sandbox.clone(), self.events.clone());
         let task = Arc::new(ContainerTask {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
