@@ -4,7 +4,8 @@
 //!
 //! Publishing never blocks a task operation: events go into a queue that
 //! one thread drains in order, connecting (and reconnecting) as needed; an
-//! event containerd cannot take after a few tries is logged and dropped.
+//! event containerd cannot take within [`DELIVERY_BUDGET`] (retried with a
+//! growing pause) is logged and dropped.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, SystemTime};
@@ -22,7 +23,12 @@ use containerd_shim_protos::{ttrpc, EventsClient};
 
 use super::convert::timestamp;
 
-const TRIES: u32 = 3;
+/// How long one event may wait for containerd: long enough to span a
+/// containerd restart (an exit it never hears of leaves a task RUNNING),
+/// short enough that a containerd gone for good does not hold the queue.
+const DELIVERY_BUDGET: Duration = Duration::from_secs(30);
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const LONGEST_RETRY: Duration = Duration::from_secs(5);
 
 /// A task event and its topic.
 pub enum TaskEvent {
@@ -99,33 +105,49 @@ fn drain(rx: Receiver<TaskEvent>, address: Option<String>, namespace: &str) {
         env.topic = topic.to_string();
         env.event = Some(to_any(msg)).into();
         req.envelope = Some(env).into();
-        let mut sent = false;
-        for _ in 0..TRIES {
-            let c = match client.as_ref() {
-                Some(c) => c,
-                None => match ttrpc::Client::connect(&format!("unix://{address}")) {
-                    Ok(c) => client.insert(EventsClient::new(c)),
+        if !forward(&mut client, address, &req) {
+            tracing::error!(
+                topic,
+                "dropped a task event containerd did not take within {DELIVERY_BUDGET:?}"
+            );
+        }
+    }
+}
+
+/// Sends `req`, (re)connecting as needed; false once the budget is spent.
+fn forward(client: &mut Option<EventsClient>, address: &str, req: &ForwardRequest) -> bool {
+    let topic = req.envelope.topic.as_str();
+    let deadline = std::time::Instant::now() + DELIVERY_BUDGET;
+    let mut pause = FIRST_RETRY;
+    let mut warned = false;
+    loop {
+        let error = match client.as_ref() {
+            Some(c) => {
+                let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+                match c.forward(ctx, req) {
+                    Ok(_) => return true,
                     Err(e) => {
-                        tracing::warn!(address, "cannot reach containerd's events service: {e}");
-                        std::thread::sleep(Duration::from_millis(200));
-                        continue;
+                        *client = None;
+                        format!("forwarding an event to containerd: {e}")
                     }
-                },
-            };
-            let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-            match c.forward(ctx, &req) {
-                Ok(_) => {
-                    sent = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(topic, "forwarding an event to containerd: {e}");
-                    client = None;
                 }
             }
+            None => match ttrpc::Client::connect(&format!("unix://{address}")) {
+                Ok(c) => {
+                    *client = Some(EventsClient::new(c));
+                    continue;
+                }
+                Err(e) => format!("cannot reach containerd's events service: {e}"),
+            },
+        };
+        if !warned {
+            tracing::warn!(topic, address, "{error}; retrying");
+            warned = true;
         }
-        if !sent {
-            tracing::error!(topic, "dropped a task event containerd did not take");
+        if std::time::Instant::now() + pause > deadline {
+            return false;
         }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(LONGEST_RETRY);
     }
 }
