@@ -25,6 +25,8 @@ pub struct Containerd {
     /// husk's state directory for this containerd's sandboxes.
     pub state_dir: PathBuf,
     root: PathBuf,
+    /// What `ci/containerd-env.sh start` was given, for `restart`.
+    start_env: Vec<(String, String)>,
 }
 
 /// Whether this host can run the containerd tests, or why not.
@@ -73,7 +75,6 @@ impl Containerd {
 
     fn start_with(name: &str, cri: bool, env: &[(&str, &str)]) -> Self {
         let assets = guest_assets();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let base = PathBuf::from(format!("/tmp/husk-ctrd-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let shims = base.join("bin");
@@ -87,30 +88,24 @@ impl Containerd {
         let config = base.join("husk.toml");
         std::fs::write(&config, husk_config(&state_dir)).unwrap();
         let dir = base.join("containerd");
-        let out = Command::new(root.join("ci/containerd-env.sh"))
-            .arg("start")
-            .arg(&dir)
-            .env("HUSK_SHIM_DIR", &shims)
-            .env("HUSK_CONFIG", &config)
-            .env("HUSK_CONTAINERD_CRI", if cri { "1" } else { "0" })
-            .env("HUSK_CRI_SANDBOX_IMAGE", PAUSE_IMAGE)
-            .envs(env.iter().copied())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running ci/containerd-env.sh start");
-        assert!(out.status.success(), "containerd did not start");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let address = text
-            .lines()
-            .find_map(|l| l.strip_prefix("CONTAINERD_ADDRESS="))
-            .expect("containerd-env printed its address")
-            .into();
+        let mut start_env: Vec<(String, String)> = vec![
+            ("HUSK_SHIM_DIR".into(), shims.display().to_string()),
+            ("HUSK_CONFIG".into(), config.display().to_string()),
+            (
+                "HUSK_CONTAINERD_CRI".into(),
+                if cri { "1" } else { "0" }.into(),
+            ),
+            ("HUSK_CRI_SANDBOX_IMAGE".into(), PAUSE_IMAGE.into()),
+        ];
+        start_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let address = env_start(&dir, &start_env);
         let c = Self {
             dir,
             address,
             config,
             state_dir,
             root: base,
+            start_env,
         };
         let mut imports = vec![vec!["images", "import"]];
         if cri {
@@ -130,6 +125,36 @@ impl Containerd {
             }
         }
         c
+    }
+
+    /// Stops containerd alone (SIGTERM; its shims keep running, as when a
+    /// node's containerd is restarted) and starts it again on the same
+    /// directory and configuration.
+    pub fn restart(&self) {
+        let pid_file = self.dir.join("containerd.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("containerd.pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !matches!(s.rsplit(')').next().map(str::trim_start), Some(r) if r.starts_with('Z')))
+        };
+        while alive() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd {pid} did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let address = env_start(&self.dir, &self.start_env);
+        assert_eq!(address, self.address, "containerd came back on its socket");
     }
 
     /// containerd's CRI socket (the same gRPC socket as its own API).
@@ -289,6 +314,24 @@ impl Drop for Containerd {
             .status();
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// `ci/containerd-env.sh start DIR` with `env`; returns containerd's socket.
+fn env_start(dir: &Path, env: &[(String, String)]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(root.join("ci/containerd-env.sh"))
+        .arg("start")
+        .arg(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running ci/containerd-env.sh start");
+    assert!(out.status.success(), "containerd did not start");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("CONTAINERD_ADDRESS="))
+        .expect("containerd-env printed its address")
+        .into()
 }
 
 /// A husk config for the test's sandboxes: the test kernel and agent image,
