@@ -16,6 +16,7 @@ cargo clippy -p husk-devices --all-targets --features test-harness -- -D warning
 cargo build --release --workspace
 # Benches that need the device harness: compiled so they cannot rot.
 cargo bench --no-run -p husk-devices --features test-harness
+cargo bench --no-run -p husk-runtime --bench seccomp
 cargo test --release --workspace -- --test-threads=2
 # Every fuzz target builds and survives a short run.
 "$root/ci/fuzz-smoke.sh" 10

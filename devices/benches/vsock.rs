@@ -11,181 +11,25 @@
 //! The guest side is the harness (one thread, copies into mock guest memory),
 //! so the figures bound the device's own cost, not a real guest's.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use husk_devices::vsock::harness::{
-    read_avail, split_even, Harness, Hdr, OP_CREDIT_UPDATE, OP_RST, OP_RW, TX_BUF_SIZE,
-};
+use husk_devices::vsock::harness::GuestStream;
 
-const PORT: u32 = 1234;
 /// Bytes moved per direction in each throughput run.
 const THROUGHPUT_BYTES: usize = 64 << 20;
-/// Credit the scripted guest advertises for host -> guest data.
-const GUEST_BUF: u32 = 4 << 20;
-
-/// One connection through the device, with the guest's credit bookkeeping.
-struct DevicePath {
-    h: Harness,
-    host: UnixStream,
-    local: u32,
-    /// Bytes the guest has consumed (its fwd_cnt).
-    guest_fwd: u32,
-    /// Guest -> host: bytes sent, and the device's last credit report.
-    sent: u32,
-    peer_fwd: u32,
-    peer_alloc: u32,
-    /// Descriptors each guest payload is spread over (Linux 6.x: 2 for 64 KiB).
-    data_descs: usize,
-}
-
-impl DevicePath {
-    fn new() -> Self {
-        Self::with_data_descs(1)
-    }
-
-    fn with_data_descs(data_descs: usize) -> Self {
-        let mut h = Harness::new();
-        let (host, local) = h.host_connect(PORT);
-        let mut p = Self {
-            h,
-            host,
-            local,
-            guest_fwd: 0,
-            sent: 0,
-            peer_fwd: 0,
-            peer_alloc: TX_BUF_SIZE,
-            data_descs,
-        };
-        p.guest_send(OP_CREDIT_UPDATE, &[]);
-        p
-    }
-
-    fn hdr(&self, op: u16) -> Hdr {
-        Hdr {
-            buf_alloc: GUEST_BUF,
-            fwd_cnt: self.guest_fwd,
-            ..Hdr::guest(PORT, self.local, op)
-        }
-    }
-
-    fn guest_send(&mut self, op: u16, data: &[u8]) {
-        let mut hdr = self.hdr(op);
-        if self.data_descs <= 1 || data.is_empty() {
-            return self.h.send(hdr, data);
-        }
-        hdr.len = data.len() as u32;
-        let mut parts = vec![hdr.bytes()];
-        parts.extend(split_even(data, self.data_descs).iter().map(|p| p.to_vec()));
-        self.h.send_chain(&parts);
-    }
-
-    /// Host writes `msg` to its socket; the guest takes what arrives.
-    fn host_write(&mut self, msg: &[u8], got: &mut usize) {
-        let mut off = 0;
-        while off < msg.len() {
-            match self.host.write(&msg[off..]) {
-                Ok(n) => off += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.guest_take(got),
-                Err(e) => panic!("host write: {e}"),
-            }
-        }
-    }
-
-    /// The guest consumes every RX packet and returns the credit.
-    fn guest_take(&mut self, got: &mut usize) {
-        let mut n = 0;
-        for (hdr, data) in self.h.recv() {
-            assert_ne!(hdr.op, OP_RST, "device reset the connection");
-            self.note_credit(&hdr);
-            n += data.len();
-        }
-        if n > 0 {
-            *got += n;
-            self.guest_fwd = self.guest_fwd.wrapping_add(n as u32);
-            self.guest_send(OP_CREDIT_UPDATE, &[]);
-        }
-    }
-
-    fn note_credit(&mut self, hdr: &Hdr) {
-        (self.peer_fwd, self.peer_alloc) = (hdr.fwd_cnt, hdr.buf_alloc);
-    }
-
-    /// The guest sends `msg` within the device's credit; the host reads it.
-    fn guest_write(&mut self, msg: &[u8], host_got: &mut Vec<u8>) {
-        let mut off = 0;
-        while off < msg.len() {
-            let in_flight = self.sent.wrapping_sub(self.peer_fwd);
-            let credit = self.peer_alloc.saturating_sub(in_flight) as usize;
-            let chunk = credit.min(msg.len() - off);
-            if chunk == 0 {
-                self.host_drain(host_got);
-                continue;
-            }
-            self.guest_send(OP_RW, &msg[off..off + chunk]);
-            self.sent = self.sent.wrapping_add(chunk as u32);
-            off += chunk;
-        }
-    }
-
-    fn host_drain(&mut self, host_got: &mut Vec<u8>) {
-        read_avail(&mut self.host, host_got).expect("host stream closed");
-        for (hdr, _) in self.h.recv() {
-            assert_ne!(hdr.op, OP_RST, "device reset the connection");
-            self.note_credit(&hdr);
-        }
-    }
-}
 
 fn device_to_guest(size: usize) -> Duration {
-    let mut p = DevicePath::new();
-    let msg = vec![0x5a; size];
-    let (start, mut got) = (Instant::now(), 0);
-    for _ in 0..THROUGHPUT_BYTES / size {
-        p.host_write(&msg, &mut got);
-        p.guest_take(&mut got);
-    }
-    while got < THROUGHPUT_BYTES {
-        p.guest_take(&mut got);
-    }
-    start.elapsed()
+    GuestStream::new(1).time_to_guest(size, THROUGHPUT_BYTES)
 }
 
 fn device_to_host(size: usize, data_descs: usize) -> Duration {
-    let mut p = DevicePath::with_data_descs(data_descs);
-    let msg = vec![0xa5; size];
-    let mut got = Vec::with_capacity(THROUGHPUT_BYTES);
-    let start = Instant::now();
-    for _ in 0..THROUGHPUT_BYTES / size {
-        p.guest_write(&msg, &mut got);
-        p.host_drain(&mut got);
-    }
-    while got.len() < THROUGHPUT_BYTES {
-        p.host_drain(&mut got);
-    }
-    start.elapsed()
+    GuestStream::new(data_descs).time_to_host(size, THROUGHPUT_BYTES)
 }
 
-/// Host -> guest -> host with `size` bytes each way; mean time per round trip.
 fn device_round_trip(size: usize, rounds: usize) -> Duration {
-    let mut p = DevicePath::new();
-    let msg = vec![0x3c; size];
-    let mut back = Vec::with_capacity(size);
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let mut got = 0;
-        p.host_write(&msg, &mut got);
-        while got < size {
-            p.guest_take(&mut got);
-        }
-        back.clear();
-        p.guest_write(&msg, &mut back);
-        while back.len() < size {
-            p.host_drain(&mut back);
-        }
-    }
-    start.elapsed() / rounds as u32
+    GuestStream::new(1).time_round_trip(size, rounds)
 }
 
 fn socketpair_one_way(size: usize) -> Duration {

@@ -26,6 +26,9 @@ pub use super::packet::{
 use super::{VsockConfig, VsockDevice, VsockMetrics, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::virtio::test_utils::GuestDriver;
 
+mod stream;
+pub use stream::GuestStream;
+
 /// The guest CID every harness device uses.
 pub const CID: u64 = 3;
 /// Size of a vsock packet header.
