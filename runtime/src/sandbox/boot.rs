@@ -183,12 +183,15 @@ fn boot_with(
 ) -> Result<(VmHandle, Agent, BootTimings), SandboxError> {
     let mut config = guest_vm_config(&s.config, s.size, dir, template);
     config.net = vec![host.nic()];
+    // The boot's waits and calls share its one budget: on a loaded host
+    // (software KVM) a guest may take minutes to answer even a trivial call.
+    let budget = BootBudget::new(started, s.boot_timeout);
     let vm = match template {
         None => {
             let ready = bind_ready(&s.id, dir)?;
             let vm = start_vm(&s.id, &config)?;
             metrics.set_vm(vm.metrics());
-            wait_ready(&s.id, s.boot_timeout, dir, &ready, &vm)?;
+            wait_ready(&s.id, &budget, dir, &ready, &vm)?;
             vm
         }
         Some(_) => {
@@ -198,9 +201,6 @@ fn boot_with(
         }
     };
     let agent_ready = Instant::now();
-    // The boot's calls share its one budget: on a loaded host (software
-    // KVM) a guest may take minutes to answer even a trivial call.
-    let budget = BootBudget(started + s.boot_timeout);
     let client =
         connect_agent(&dir.vsock_socket(), AGENT_VSOCK_PORT, budget.left()).map_err(|source| {
             SandboxError::Agent {
@@ -291,18 +291,28 @@ pub fn start_and_wait_ready(
 ) -> Result<VmHandle, SandboxError> {
     let ready = bind_ready(id, dir)?;
     let vm = start_vm(id, config)?;
-    wait_ready(id, timeout, dir, &ready, &vm)?;
+    wait_ready(id, &BootBudget::new(Instant::now(), timeout), dir, &ready, &vm)?;
     Ok(vm)
 }
 
 /// When the boot (`boot_timeout_secs` from the launch) must be over.
-struct BootBudget(Instant);
+struct BootBudget {
+    deadline: Instant,
+    total: Duration,
+}
 
 impl BootBudget {
+    fn new(started: Instant, total: Duration) -> Self {
+        Self {
+            deadline: started + total,
+            total,
+        }
+    }
+
     /// What a call may still take; a call made past the deadline gets one
     /// second, so its error (a timeout) names the call.
     fn left(&self) -> Duration {
-        self.0
+        self.deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1))
     }
@@ -402,7 +412,7 @@ pub fn sandbox_vm_signature(config: &HuskConfig, size: VmSize) -> String {
 /// Waits for the agent's `READY` line, the VM's end or the timeout.
 fn wait_ready(
     id: &str,
-    timeout: Duration,
+    budget: &BootBudget,
     dir: &SandboxDir,
     ready: &UnixListener,
     vm: &VmHandle,
@@ -411,7 +421,6 @@ fn wait_ready(
         id: id.to_string(),
         source,
     };
-    let deadline = Instant::now() + timeout;
     loop {
         // Wake up now and then to notice the VM ending before the agent.
         let mut fds = [PollFd::new(ready.as_fd(), PollFlags::POLLIN)];
@@ -423,14 +432,14 @@ fn wait_ready(
         if vm.is_finished() {
             return Err(SandboxError::GuestEnded {
                 id: id.to_string(),
-                how: "see the console".into(),
+                how: super::ended::end_reason(&console_tail(dir, 40)),
                 console: console_tail(dir, 20),
             });
         }
-        if Instant::now() > deadline {
+        if Instant::now() > budget.deadline {
             return Err(SandboxError::AgentTimeout {
                 id: id.to_string(),
-                secs: timeout.as_secs(),
+                secs: budget.total.as_secs(),
                 console: console_tail(dir, 20),
             });
         }
