@@ -291,7 +291,13 @@ pub fn start_and_wait_ready(
 ) -> Result<VmHandle, SandboxError> {
     let ready = bind_ready(id, dir)?;
     let vm = start_vm(id, config)?;
-    wait_ready(id, &BootBudget::new(Instant::now(), timeout), dir, &ready, &vm)?;
+    wait_ready(
+        id,
+        &BootBudget::new(Instant::now(), timeout),
+        dir,
+        &ready,
+        &vm,
+    )?;
     Ok(vm)
 }
 

@@ -21,18 +21,26 @@ use super::signals::Interrupted;
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
     pub baseline_kib: u64,
-    pub after_kib: u64,
-    pub idle_window_secs: f64,
-    /// Busy share of all CPUs over the window (every process on the host).
-    pub host_busy_percent: f64,
+    /// None when the bench stopped (a failure, Ctrl-C) before measuring.
+    pub measured: Option<Measured>,
     pub load_before: String,
     pub load_after: String,
 }
 
+/// What the measurement of the running fleet found host-wide.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub after_kib: u64,
+    pub idle_window_secs: f64,
+    /// Busy share of all CPUs over the window (every process on the host).
+    pub host_busy_percent: f64,
+}
+
 impl Totals {
-    /// Negative when other processes freed more than the pods took.
-    pub fn drop_kib(&self) -> i64 {
-        self.baseline_kib as i64 - self.after_kib as i64
+    /// MemAvailable's drop from the baseline; negative when other
+    /// processes freed more than the pods took.
+    pub fn drop_kib(&self, m: &Measured) -> i64 {
+        self.baseline_kib as i64 - m.after_kib as i64
     }
 }
 
@@ -60,10 +68,13 @@ pub fn measure(fleet: &mut Fleet, plan: &MeasurePlan, totals: &mut Totals) {
             (Err(e), _) | (_, Err(e)) => pod.fail(format!("reading its memory: {e}")),
         }
     }
-    totals.after_kib = procfs::mem_available_kib().unwrap_or(0);
+    let after_kib = procfs::mem_available_kib().unwrap_or(0);
     let cpu = idle_cpu(fleet, plan);
-    totals.idle_window_secs = cpu.window.as_secs_f64();
-    totals.host_busy_percent = cpu.host_busy_percent;
+    totals.measured = Some(Measured {
+        after_kib,
+        idle_window_secs: cpu.window.as_secs_f64(),
+        host_busy_percent: cpu.host_busy_percent,
+    });
     for pod in fleet.pods().iter_mut() {
         let mem = memory.iter().find(|(i, ..)| *i == pod.index);
         let ticks = cpu.per_pod.iter().find(|(i, _)| *i == pod.index);

@@ -156,14 +156,13 @@ fn totals_lines(out: &mut String, running: &[&Pod], t: &Totals) {
         .filter_map(|p| p.figures.map(|f| f.memory.husk_own().pss_kib))
         .sum();
     let _ = writeln!(out, "\n  in total ({} pods running)", running.len());
-    if t.idle_window_secs == 0.0 {
-        // Stopped (a failure, Ctrl-C) before the pods were measured.
+    let Some(m) = &t.measured else {
         let _ = writeln!(
             out,
             "    not measured: the bench stopped before the measurement"
         );
         return;
-    }
+    };
     let _ = writeln!(
         out,
         "    PSS of their husk processes  {:>10.1} MiB ({:.2} MiB per pod; husk's own {:.2} MiB per pod)",
@@ -175,14 +174,14 @@ fn totals_lines(out: &mut String, running: &[&Pod], t: &Totals) {
         out,
         "    host MemAvailable            {:>10.1} MiB before the first pod, {:.1} MiB with all running: a drop of {:.1} MiB, {:.2} MiB per pod",
         mib(t.baseline_kib),
-        mib(t.after_kib),
-        t.drop_kib() as f64 / 1024.0,
-        t.drop_kib() as f64 / 1024.0 / n
+        mib(m.after_kib),
+        t.drop_kib(m) as f64 / 1024.0,
+        t.drop_kib(m) as f64 / 1024.0 / n
     );
     let _ = writeln!(
         out,
         "    host CPU busy over the {:.0} s idle window: {:.1}% of all CPUs (every process on the host, not only the pods)",
-        t.idle_window_secs, t.host_busy_percent
+        m.idle_window_secs, m.host_busy_percent
     );
 }
 
