@@ -14,18 +14,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/ci/setup.sh"
 eval "$("$root/ci/guest-assets.sh")"
+export HUSK_KERNEL HUSK_AGENT_IMAGE HUSK_AGENT_INITRD
 cargo build --release -p husk-runtime --manifest-path "$root/Cargo.toml" >&2
 work=$(mktemp -d /tmp/husk-bench-density.XXXXXX)
-cat >"$work/husk.toml" <<TOML
-[guest]
-kernel = "$HUSK_KERNEL"
-image = "$HUSK_AGENT_IMAGE"
-initrd = "$HUSK_AGENT_INITRD"
-
-[runtime]
-template = "auto"
-template_dir = "${HUSK_CACHE:-$HOME/.cache/husk}/templates"
-TOML
+"$root/ci/husk-config.sh" >"$work/husk.toml"
 args=("$@")
 via=husk
 for ((i = 0; i < ${#args[@]}; i++)); do

@@ -8,21 +8,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/ci/setup.sh"
 eval "$("$root/ci/guest-assets.sh")"
+export HUSK_KERNEL HUSK_AGENT_IMAGE HUSK_AGENT_INITRD
 cargo build --release -p husk-runtime --manifest-path "$root/Cargo.toml" >&2
 work=$(mktemp -d /tmp/husk-bench.XXXXXX)
 mkdir -p "$work/bin"
 ln -s "$root/target/release/husk" "$work/bin/containerd-shim-husk-v2"
-cat >"$work/husk.toml" <<TOML
-[guest]
-kernel = "$HUSK_KERNEL"
-image = "$HUSK_AGENT_IMAGE"
-initrd = "$HUSK_AGENT_INITRD"
-
-[runtime]
-state_dir = "$work/state"
-template = "auto"
-template_dir = "${HUSK_CACHE:-$HOME/.cache/husk}/templates"
-TOML
+"$root/ci/husk-config.sh" "$work/state" >"$work/husk.toml"
 cleanup() { "$root/ci/containerd-env.sh" stop "$work/containerd" >&2 || true; rm -rf --one-file-system "$work"; }
 trap cleanup EXIT
 eval "$(HUSK_SHIM_DIR=$work/bin HUSK_CONFIG=$work/husk.toml "$root/ci/containerd-env.sh" start "$work/containerd")"

@@ -9,22 +9,12 @@ say "installing host packages"
 "$root/ci/setup.sh"
 say "building the guest kernel and images (cached after the first run)"
 eval "$("$root/ci/guest-assets.sh")"
+export HUSK_KERNEL HUSK_AGENT_IMAGE HUSK_AGENT_INITRD
 say "building husk"
 cargo build --release -p husk-runtime --manifest-path "$root/Cargo.toml"
 work=$(mktemp -d /tmp/husk-demo.XXXXXX)
 trap 'rm -rf --one-file-system "$work"' EXIT
-cat >"$work/config.toml" <<TOML
-[guest]
-kernel = "$HUSK_KERNEL"
-image = "$HUSK_AGENT_IMAGE"
-initrd = "$HUSK_AGENT_INITRD"
-
-[runtime]
-state_dir = "$work/state"
-# The first run makes a template (one cold boot); later runs start from it.
-template = "auto"
-template_dir = "${HUSK_CACHE:-$HOME/.cache/husk}/templates"
-TOML
+"$root/ci/husk-config.sh" "$work/state" >"$work/config.toml"
 "$root/rootfs/busybox-bundle.sh" "$work/bundle" sh -c \
   'echo "hello from a busybox container in a husk VM"; echo "guest kernel: $(uname -r), hostname: $(hostname)"; echo "init: $(cat /proc/1/cmdline | tr "\0" " ")"' >/dev/null
 say "running the container (the VM's first boot takes about a minute on software KVM)"
