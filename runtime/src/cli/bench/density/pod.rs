@@ -165,13 +165,25 @@ impl<'a> Fleet<'a> {
                     let pod = self.start_one(i, plan, &running);
                     if pod.failure.is_some() {
                         failed.fetch_add(1, Ordering::AcqRel);
-                        plan.progress.println(format!(
-                            "pod {} failed: {}",
-                            pod.id,
-                            pod.failure.as_deref().unwrap_or_default()
-                        ));
+                        say(
+                            &plan.progress,
+                            format!(
+                                "pod {} failed: {}",
+                                pod.id,
+                                pod.failure.as_deref().unwrap_or_default()
+                            ),
+                        );
                     } else {
                         plan.progress.inc(1);
+                        if plan.progress.is_hidden() {
+                            // No bar (stderr is not a terminal): a line per pod.
+                            eprintln!(
+                                "pod {} running ({}/{})",
+                                pod.id,
+                                plan.progress.position(),
+                                plan.count
+                            );
+                        }
                     }
                     plan.progress
                         .set_message(format!("{} failed", failed.load(Ordering::Acquire)));
@@ -345,5 +357,15 @@ impl Drop for Fleet<'_> {
                 eprintln!("bench density: {n}");
             }
         }
+    }
+}
+
+/// A line above the progress bar, or on its own when the bar is hidden
+/// (stderr is not a terminal, e.g. a CI log), where `println` prints nothing.
+fn say(progress: &ProgressBar, line: String) {
+    if progress.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        progress.println(line);
     }
 }
