@@ -293,7 +293,7 @@ impl Vcpu {
             unsafe { self.fd.set_xsave(&xsave) }
                 .map_err(|e| format!("KVM_SET_XSAVE failed: {e}"))?;
         }
-        regs.rip += insn.len;
+        regs.rip = regs.rip.wrapping_add(insn.len);
         self.fd
             .set_regs(regs)
             .map_err(|e| format!("KVM_SET_REGS failed: {e}"))
@@ -306,7 +306,7 @@ impl Vcpu {
     ) -> Result<(), String> {
         let vector = match fallback {
             Fallback::Skip { len } | Fallback::TrapAfter { len, .. } => {
-                regs.rip += len;
+                regs.rip = regs.rip.wrapping_add(len);
                 self.fd
                     .set_regs(regs)
                     .map_err(|e| format!("KVM_SET_REGS failed: {e}"))?;

@@ -84,6 +84,9 @@ use std::path::PathBuf;
 
 pub use cgroup::{CgroupVersion, ContainerStats};
 pub use manager::{ContainerManager, EngineConfig, ProcessState, ProcessStatus};
+/// Public for the fuzz targets: the pure check and conversion of a spec's
+/// `process` (and seccomp profile) that `create` and `exec` make first.
+pub use process::ProcessPlan;
 
 /// What went wrong, for the RPC layer to map onto a status.
 #[derive(Debug, thiserror::Error)]

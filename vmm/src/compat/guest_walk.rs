@@ -6,7 +6,7 @@
 //! hostile guest's tables can make a lookup fail but never read out of bounds.
 
 use kvm_bindings::kvm_sregs;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 const CR0_PG: u64 = 1 << 31;
 const CR4_LA57: u64 = 1 << 12;
@@ -71,7 +71,16 @@ pub fn read_virt(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64, buf: &mut [
 /// Writes `data` at virtual address `gva`; checks every page is mapped
 /// writable before writing any, so a failed write changes nothing.
 pub fn write_virt(mem: &GuestMemoryMmap, sregs: &kvm_sregs, gva: u64, data: &[u8]) -> Option<()> {
-    for (gpa, range) in pages(gva, data.len(), |va| translate_for_write(mem, sregs, va))? {
+    let pages = pages(gva, data.len(), |va| translate_for_write(mem, sregs, va))?;
+    // The guest's tables may map a page to guest-physical addresses with no
+    // RAM behind them: check every page's memory too before writing any.
+    if !pages
+        .iter()
+        .all(|(gpa, range)| mem.check_range(GuestAddress(*gpa), range.len()))
+    {
+        return None;
+    }
+    for (gpa, range) in pages {
         mem.write_slice(&data[range], GuestAddress(gpa)).ok()?;
     }
     Some(())
@@ -155,6 +164,28 @@ mod tests {
             instruction_bytes(&mem, &s, 0x1ffe),
             vec![0xcc, 0x90],
             "stops at the unmapped page"
+        );
+    }
+
+    // Found by the guest_walk fuzz target: a write whose first page was
+    // RAM and whose second was not wrote the first page, then failed.
+    #[test]
+    fn a_write_running_off_guest_memory_changes_nothing() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let paging_off = kvm_sregs::default();
+        assert_eq!(write_virt(&mem, &paging_off, 0xf_fffe, &[0xaa; 4]), None);
+        // Within one page, running off the end of the region.
+        let mem2 = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1800)]).unwrap();
+        assert_eq!(write_virt(&mem2, &paging_off, 0x17fe, &[0xaa; 4]), None);
+        for m in [&mem, &mem2] {
+            let end = m.last_addr().0;
+            let mut tail = [0u8; 2];
+            m.read_slice(&mut tail, GuestAddress(end - 1)).unwrap();
+            assert_eq!(tail, [0, 0], "nothing written");
+        }
+        assert_eq!(
+            write_virt(&mem, &paging_off, 0xf_fffc, &[0xaa; 4]),
+            Some(())
         );
     }
 

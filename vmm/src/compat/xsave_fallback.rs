@@ -140,7 +140,9 @@ impl XsaveInsn {
         let o = &self.operand;
         let mut addr = o.disp as u64;
         if o.rip_relative {
-            addr = addr.wrapping_add(regs.rip + self.len);
+            // The guest picks RIP: at the top of the address space the next
+            // instruction's address wraps, as the CPU's does.
+            addr = addr.wrapping_add(regs.rip.wrapping_add(self.len));
         }
         if let Some(b) = o.base {
             addr = addr.wrapping_add(gpr(regs, b));
@@ -324,6 +326,17 @@ mod tests {
         // xsave64 0x12345678 (no base, no index) : SIB base 5 with mod 0.
         let abs = decode(&[0x48, 0x0f, 0xae, 0x24, 0x25, 0x78, 0x56, 0x34, 0x12]).unwrap();
         assert_eq!((abs.len, abs.address(&regs())), (9, 0x1234_5678));
+    }
+
+    // Found by the insn_decode fuzz target: a rip-relative xsave64 in the
+    // last bytes of the address space overflowed computing its operand's
+    // address (a panic in debug builds) instead of wrapping like the CPU.
+    #[test]
+    fn a_rip_relative_operand_at_the_top_of_the_address_space_wraps() {
+        let insn = decode(&[0x48, 0x0f, 0xae, 0x2d, 0xf0, 0xff, 0xff, 0xff]).unwrap();
+        let mut r = regs();
+        r.rip = u64::MAX - 3;
+        assert_eq!(insn.address(&r), 4u64.wrapping_sub(0x10));
     }
 
     #[test]

@@ -241,7 +241,10 @@ impl Template {
         if given.sha256 == made_with.sha256 {
             return Ok(());
         }
-        let show = |f: &FileIdentity| format!("{} (sha256 {})", f.path.display(), &f.sha256[..12]);
+        // The header's digest is whatever the file says: it may be short or
+        // not ASCII, so it is shortened only where that is possible.
+        let short = |d: &str| d.get(..12).unwrap_or(d).to_string();
+        let show = |f: &FileIdentity| format!("{} (sha256 {})", f.path.display(), short(&f.sha256));
         Err(TemplateError::Mismatch {
             dir: self.dir.clone(),
             what,
@@ -274,4 +277,58 @@ pub fn write(
     })?;
     std::fs::write(&tmp, text).map_err(io("writing", tmp.clone()))?;
     std::fs::rename(&tmp, &header_path).map_err(io("renaming", header_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A template whose header names a kernel with digest `sha256`.
+    fn template(dir: &Path, sha256: &str) -> Template {
+        let kernel = serde_json::json!({"path": "/vmlinux", "size": 8, "sha256": sha256});
+        let header = serde_json::json!({
+            "format_version": FORMAT_VERSION, "husk_version": HUSK_VERSION,
+            "kernel": kernel, "initrd": null, "mem_bytes": 256u64 << 20,
+            "ram_ranges": [[0, 256u64 << 20]], "vcpus": 1, "host_cpuid_sha256": "",
+            "cmdline": "", "state_sha256": "", "memory_checksum": 0, "created_unix_secs": 0,
+            "devices": {"vsock_cid": null, "fs_tags": [], "pmem": []},
+        });
+        let state = serde_json::json!({
+            "vcpus": [], "transports": [],
+            "vm": {"pic_master": [], "pic_slave": [], "ioapic": [], "pit": [], "clock": []},
+            "serial": {
+                "baud_divisor_low": 0, "baud_divisor_high": 0, "interrupt_enable": 0,
+                "interrupt_identification": 0, "line_control": 0, "line_status": 0,
+                "modem_control": 0, "modem_status": 0, "scratch": 0, "in_buffer": [],
+            },
+        });
+        Template {
+            dir: dir.into(),
+            header: serde_json::from_value(header).unwrap(),
+            state: serde_json::from_value(state).unwrap(),
+        }
+    }
+
+    // Found by the snapshot_header fuzz target: a header digest shorter than
+    // 12 bytes (or cut inside a character) panicked while the mismatch
+    // error was formatted, instead of refusing the template.
+    #[test]
+    fn a_mismatched_file_with_a_short_or_odd_digest_is_refused() {
+        let dir = std::env::temp_dir().join(format!("husk-format-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let given = dir.join("vmlinux");
+        std::fs::write(&given, b"a kernel").unwrap();
+        for digest in ["", "abc", "01234567890\u{e9}f"] {
+            let t = template(&dir, digest);
+            let err = t.require_file("kernel", &t.header.kernel, &given);
+            assert!(
+                matches!(err, Err(TemplateError::Mismatch { .. })),
+                "{digest:?}"
+            );
+        }
+        let ok = template(&dir, &sha256_hex(b"a kernel"));
+        ok.require_file("kernel", &ok.header.kernel, &given)
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
