@@ -19,4 +19,4 @@ cargo bench --no-run -p husk-devices --features test-harness
 cargo bench --no-run -p husk-runtime --bench seccomp
 cargo test --release --workspace -- --test-threads=2
 # Every fuzz target builds and survives a short run.
-"$root/ci/fuzz-smoke.sh" 10
+"$root/ci/fuzz-smoke.sh" 5

@@ -10,8 +10,9 @@ fn husk() -> Command {
     cmd
 }
 
-fn temp(name: &str, bytes: &[u8]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("husk-cli-{}-{name}", std::process::id()));
+/// A file `name` holding `bytes` in `dir` (removed with it).
+fn temp(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.path().join(name);
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -43,9 +44,13 @@ fn fails_with(args: &[&str], expect: &[&str]) {
 
 #[test]
 fn bad_input_gets_one_clear_line() {
-    let not_kernel = temp("not-a-kernel", &[0x42; 4096]);
+    let files = tempfile::Builder::new()
+        .prefix("husk-cli-")
+        .tempdir()
+        .unwrap();
+    let not_kernel = temp(&files, "not-a-kernel", &[0x42; 4096]);
     let not_kernel = not_kernel.to_str().unwrap();
-    let elf_garbage = temp("bad-elf", b"\x7fELF\x02\x01\x01garbage");
+    let elf_garbage = temp(&files, "bad-elf", b"\x7fELF\x02\x01\x01garbage");
     let elf_garbage = elf_garbage.to_str().unwrap();
     fails_with(
         &["vm", "--kernel", "/nonexistent/vmlinux"],

@@ -20,8 +20,8 @@ use common::containerd::{containerd_or_skip, stderr, stdout, Containerd, IMAGE, 
 /// (software KVM): an exec costs seconds of guest time, so the defaults fit
 /// the test budget and HUSK_LOAD_CONCURRENT / HUSK_LOAD_SEQUENTIAL scale
 /// them up (100 and 1000 are the figures).
-const CONCURRENT_EXECS: usize = 6;
-const SEQUENTIAL_EXECS: usize = 10;
+const CONCURRENT_EXECS: usize = 4;
+const SEQUENTIAL_EXECS: usize = 6;
 /// Growth allowed over the load: descriptors of the husk process (none may
 /// stay per exec) and its resident memory (allocator caches, not per exec).
 const FD_SLACK: usize = 4;
