@@ -166,7 +166,7 @@ impl<'a> Fleet<'a> {
                     if pod.failure.is_some() {
                         failed.fetch_add(1, Ordering::AcqRel);
                         say(
-                            &plan.progress,
+                            plan.progress,
                             format!(
                                 "pod {} failed: {}",
                                 pod.id,
