@@ -449,6 +449,22 @@ remove_empty_ns_dirs() {
   done
 }
 
+# The host cgroups (/<ns>/<id>, ctr's default path) of this instance's
+# tasks, when a killed shim could not remove them (rmdir: only empty ones).
+remove_task_cgroups() {
+  local ns b id d
+  for ns in "$@"; do
+    [[ $ns =~ ^[A-Za-z0-9._-]+$ ]] || continue
+    for b in "$dir/state/io.containerd.runtime.v2.task/$ns"/*; do
+      id=$(basename -- "$b")
+      [[ $id =~ ^[A-Za-z0-9._-]+$ ]] || continue
+      for d in /sys/fs/cgroup/*/"$ns/$id"; do
+        if [ -d "$d" ] && rmdir -- "$d" 2>/dev/null; then say "removed the leftover cgroup $d"; fi
+      done
+    done
+  done
+}
+
 stop() {
   local pid nss
   nss=$(namespaces)
@@ -468,6 +484,8 @@ stop() {
   fi
   cleanup_processes_and_mounts || die "could not clean up under $dir"
   # shellcheck disable=SC2086 # namespace names have no blanks
+  remove_task_cgroups $nss
+  # shellcheck disable=SC2086
   remove_empty_ns_dirs $nss
   if [ -d "$dir/cni" ] && ip link show "$(cni_bridge)" >/dev/null 2>&1; then
     say "deleting the CNI bridge $(cni_bridge)"
