@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the host packages husk's build and tests need (idempotent).
+# (python3 runs ci/test-lanes.py.)
 set -euo pipefail
 pkgs=(build-essential bc bison flex libelf-dev xz-utils cpio busybox-static erofs-utils containerd
-  protobuf-compiler containernetworking-plugins iproute2 fonts-dejavu-core)
+  protobuf-compiler containernetworking-plugins iproute2 fonts-dejavu-core python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
