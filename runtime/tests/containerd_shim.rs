@@ -215,7 +215,13 @@ fn exec_kill_ps_metrics_pause(c: &Containerd) {
         "-c",
         "echo in-exec; exit 4",
     ]);
-    assert_eq!(ok_lines(&out), ["in-exec"], "{}", stderr(&out));
+    assert_eq!(
+        ok_lines(&out),
+        ["in-exec"],
+        "ctr ended with {:?}: {}",
+        out.status,
+        stderr(&out)
+    );
     assert_eq!(out.status.code(), Some(4));
 
     let mut sleeper = c

@@ -172,6 +172,10 @@ impl TaskService {
     }
 
     fn delete(&self, req: &DeleteRequest) -> Result<DeleteResponse, TaskError> {
+        // A retried Delete (containerd gave up waiting on a slow one) waits
+        // for the first, then finds the container gone: NotFound, which
+        // containerd takes as deleted.
+        let _removal = req.exec_id.is_empty().then(|| self.shim.removal());
         let c = self.shim.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
         if p.status() == ProcStatus::Running {
@@ -493,9 +497,7 @@ impl Task for TaskService {
     }
 
     fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> Reply<Empty> {
-        if req.now || self.shim.container_count() == 0 {
-            self.shim.request_exit();
-        }
+        self.shim.shutdown(req.now);
         Ok(Empty::new())
     }
 }

@@ -88,6 +88,13 @@ pub struct Shim {
     /// The husk config the sandbox was booted with.
     config: Mutex<Option<HuskConfig>>,
     pub exiting: AtomicBool,
+    /// A Shutdown came while containers remained: the process ends once
+    /// the last is removed (containerd sends it once per deleted task, and
+    /// one racing a slow Delete it gave up on must not be lost).
+    exit_when_empty: AtomicBool,
+    /// Held across a container's removal, so a Delete containerd retries
+    /// waits for the one still running and then finds nothing to remove.
+    removal_lock: Mutex<()>,
     /// The thread that waits for `exiting`.
     main_thread: Mutex<Option<std::thread::Thread>>,
 }
@@ -102,6 +109,8 @@ impl Shim {
             containers: Mutex::new(HashMap::new()),
             config: Mutex::new(None),
             exiting: AtomicBool::new(false),
+            exit_when_empty: AtomicBool::new(false),
+            removal_lock: Mutex::new(()),
             main_thread: Mutex::new(None),
         }
     }
@@ -110,7 +119,20 @@ impl Shim {
         *self.main_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
     }
 
-    /// The process ends (after the current reply): Shutdown with nothing left.
+    /// Shutdown: the process ends now, or when no container is left.
+    pub fn shutdown(&self, now: bool) {
+        self.exit_when_empty.store(true, Ordering::Release);
+        if now || self.container_count() == 0 {
+            self.request_exit();
+        }
+    }
+
+    /// Serializes container removals (see `removal_lock`).
+    pub fn removal(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.removal_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The process ends (after the current reply).
     pub fn request_exit(&self) {
         self.exiting.store(true, Ordering::Release);
         if let Some(t) = self
@@ -305,6 +327,9 @@ impl Shim {
         };
         if left == 0 {
             self.end_sandbox();
+            if self.exit_when_empty.load(Ordering::Acquire) {
+                self.request_exit();
+            }
         }
         Ok(())
     }
