@@ -237,7 +237,8 @@ fn create_dir(path: &Path) -> Result<(), MountError> {
 }
 
 /// mount(8)-style options: the flags mount(2) takes, and the rest as data.
-fn split_options(options: &[String]) -> (MsFlags, String) {
+/// Public for the fuzz targets (a rootfs mount's options are containerd's).
+pub fn split_options(options: &[String]) -> (MsFlags, String) {
     let mut flags = MsFlags::empty();
     let mut data = Vec::new();
     for o in options {

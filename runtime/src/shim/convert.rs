@@ -66,6 +66,28 @@ impl From<crate::sandbox::SandboxError> for TaskError {
     }
 }
 
+/// A container or exec id from a request, checked before the shim uses it:
+/// a container id becomes a directory on the host (`shared/<id>`, which a
+/// failed create removes again) and in the guest, so `/`, `..` or a slash
+/// in it would point those at other places. The agent's rule (a superset of
+/// containerd's): 1-128 of `[A-Za-z0-9_.-]`, not starting with `.`. An exec
+/// id may not be empty either: "" names the container's init.
+pub fn check_id(what: &str, id: &str) -> Result<(), TaskError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(TaskError::invalid(format!(
+            "invalid {what} id {id:?}: use 1-128 of [A-Za-z0-9_.-], not starting with '.'"
+        )))
+    }
+}
+
 pub fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut ts = Timestamp::new();
@@ -124,6 +146,27 @@ pub fn config_path_option(options: Option<&Any>) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use containerd_shim_protos::protobuf::Message;
+
+    #[test]
+    fn ids_that_could_leave_their_directory_are_refused() {
+        for bad in [
+            "",
+            "/",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a b",
+            "é",
+            &"a".repeat(129),
+        ] {
+            let e = check_id("container", bad).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT, "{bad:?}");
+        }
+        for good in ["c1", "a.b-c_d", &"f".repeat(64), &"a".repeat(128)] {
+            assert!(check_id("container", good).is_ok(), "{good:?}");
+        }
+    }
 
     #[test]
     fn cri_runtime_options_give_the_config_path() {

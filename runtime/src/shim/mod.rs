@@ -35,6 +35,13 @@ use std::process::ExitCode;
 pub use args::{Action, ShimArgs};
 pub use start::{address_of, socket_path};
 
+// Public for the fuzz targets: the checks and conversions a Task API
+// request goes through before the shim acts on it.
+pub use convert::{check_id, config_path_option, TaskError};
+pub use process::IoPaths;
+pub use service::{create_request, exec_request};
+pub use tasks::CreateRequest;
+
 /// The name containerd looks for (`io.containerd.husk.v2`).
 pub const SHIM_BINARY: &str = "containerd-shim-husk-v2";
 

@@ -19,7 +19,7 @@ use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim_protos::Task;
 use husk_agent_protocol::agent;
 
-use super::convert::{metrics, timestamp, TaskError};
+use super::convert::{check_id, metrics, timestamp, TaskError};
 use super::events::TaskEvent;
 use super::process::{IoPaths, ProcessTask, Status as ProcStatus};
 use super::tasks::{CreateRequest, Shim};
@@ -52,6 +52,62 @@ fn agent_err(what: String) -> impl FnOnce(ttrpc::Error) -> TaskError {
     move |e| SandboxError::rpc(what, e).into()
 }
 
+/// Create's request as `Shim::create` takes it. Refused here, before the
+/// bundle is read: a checkpoint to restore, and an id that cannot name a
+/// directory (see `check_id`).
+pub fn create_request(req: CreateTaskRequest) -> Result<CreateRequest, TaskError> {
+    if !req.checkpoint.is_empty() {
+        return Err(TaskError::new(
+            Code::UNIMPLEMENTED,
+            "husk cannot restore checkpoints",
+        ));
+    }
+    check_id("container", &req.id)?;
+    let rootfs = req
+        .rootfs
+        .iter()
+        .map(|m| RootfsMount {
+            typ: m.type_.clone(),
+            source: m.source.clone(),
+            options: m.options.clone(),
+        })
+        .collect();
+    Ok(CreateRequest {
+        bundle: req.bundle.clone().into(),
+        rootfs,
+        io: IoPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        },
+        options: req.options.into_option(),
+        id: req.id,
+    })
+}
+
+/// Exec's process spec (the OCI process as JSON, passed to the agent as
+/// is when the exec starts) and stdio; the exec id is checked as Create's
+/// container id is.
+pub fn exec_request(req: &ExecProcessRequest) -> Result<(Vec<u8>, IoPaths), TaskError> {
+    check_id("exec", &req.exec_id)?;
+    let spec = req
+        .spec
+        .as_ref()
+        .map(|a| a.value.clone())
+        .unwrap_or_default();
+    if spec.is_empty() {
+        return Err(TaskError::invalid("exec without a process spec"));
+    }
+    let io = IoPaths {
+        stdin: req.stdin.clone(),
+        stdout: req.stdout.clone(),
+        stderr: req.stderr.clone(),
+        terminal: req.terminal,
+    };
+    Ok((spec, io))
+}
+
 impl TaskService {
     fn state(&self, req: &StateRequest) -> Result<StateResponse, TaskError> {
         let c = self.shim.container(&req.id)?;
@@ -81,33 +137,7 @@ impl TaskService {
     }
 
     fn create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse, TaskError> {
-        if !req.checkpoint.is_empty() {
-            return Err(TaskError::new(
-                Code::UNIMPLEMENTED,
-                "husk cannot restore checkpoints",
-            ));
-        }
-        let rootfs = req
-            .rootfs
-            .iter()
-            .map(|m| RootfsMount {
-                typ: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let pid = self.shim.create(CreateRequest {
-            id: req.id.clone(),
-            bundle: req.bundle.clone().into(),
-            rootfs,
-            io: IoPaths {
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
-            },
-            options: req.options.into_option(),
-        })?;
+        let pid = self.shim.create(create_request(req)?)?;
         let mut r = CreateTaskResponse::new();
         r.pid = pid;
         Ok(r)
@@ -245,20 +275,7 @@ impl TaskService {
                 req.id
             )));
         }
-        let spec = req
-            .spec
-            .as_ref()
-            .map(|a| a.value.clone())
-            .unwrap_or_default();
-        if spec.is_empty() {
-            return Err(TaskError::invalid("exec without a process spec"));
-        }
-        let io = IoPaths {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-        };
+        let (spec, io) = exec_request(&req)?;
         {
             let mut execs = c.execs();
             if execs.contains_key(&req.exec_id) {
@@ -499,5 +516,40 @@ impl Task for TaskService {
     fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> Reply<Empty> {
         self.shim.shutdown(req.now);
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+
+    #[test]
+    fn create_and_exec_refuse_ids_that_are_not_names() {
+        // "/" would make the container's host share `/` itself, which a
+        // failed create then unmounts and removes.
+        for id in ["/", "../../etc", "a/b", ""] {
+            let mut req = CreateTaskRequest::new();
+            req.id = id.into();
+            req.bundle = "/run/bundle".into();
+            let e = create_request(req).err().unwrap();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT, "{id:?}");
+        }
+        let mut req = CreateTaskRequest::new();
+        req.id = "c1".into();
+        assert_eq!(create_request(req).unwrap().id, "c1");
+
+        let mut any = Any::new();
+        any.value = br#"{"args":["sh"],"cwd":"/"}"#.to_vec();
+        let mut exec = ExecProcessRequest::new();
+        exec.id = "c1".into();
+        exec.spec = Some(any).into();
+        for id in ["", "../x"] {
+            exec.exec_id = id.into();
+            let e = exec_request(&exec).err().unwrap();
+            assert_eq!(e.code, Code::INVALID_ARGUMENT, "{id:?}");
+        }
+        exec.exec_id = "e1".into();
+        assert!(exec_request(&exec).is_ok());
     }
 }
