@@ -31,3 +31,16 @@ pub const READY_VSOCK_PORT: u32 = 1025;
 
 /// Where the agent mounts the sandbox's shared directory (virtio-fs).
 pub const GUEST_SHARED_DIR: &str = "/run/husk/shared";
+
+/// Whether `id` may name a container or process: the id becomes a
+/// directory name on the host and in the guest, so 1-128 of
+/// `[A-Za-z0-9_.-]`, not starting with `.` (containerd's rule is stricter).
+/// The agent and the shim both check with this.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}

@@ -80,13 +80,7 @@ pub struct ContainerManager {
 }
 
 fn check_id(id: &str) -> Result<(), ContainerError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if husk_agent_protocol::is_valid_id(id) {
         Ok(())
     } else {
         Err(ContainerError::InvalidId(id.to_string()))

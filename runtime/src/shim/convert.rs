@@ -73,13 +73,7 @@ impl From<crate::sandbox::SandboxError> for TaskError {
 /// containerd's): 1-128 of `[A-Za-z0-9_.-]`, not starting with `.`. An exec
 /// id may not be empty either: "" names the container's init.
 pub fn check_id(what: &str, id: &str) -> Result<(), TaskError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if husk_agent_protocol::is_valid_id(id) {
         Ok(())
     } else {
         Err(TaskError::invalid(format!(
