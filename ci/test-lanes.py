@@ -83,9 +83,9 @@ def build(cargo_args):
 
 
 class Lanes:
-    def __init__(self, runs, logs, threads):
-        self.queue = list(runs)
-        self.threads = threads
+    def __init__(self, logs):
+        self.queue = []
+        self.threads = 1
         self.logs = logs
         self.lock = threading.Lock()
         self.failed = []
@@ -98,6 +98,15 @@ class Lanes:
     def next(self):
         with self.lock:
             return self.queue.pop(0) if self.queue else None
+
+    def run(self, runs, lanes, threads):
+        """Runs `runs` in `lanes` lanes, each binary with `threads` test threads."""
+        self.queue, self.threads = list(runs), threads
+        workers = [threading.Thread(target=self.lane, args=(n + 1,)) for n in range(lanes)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
 
     def lane(self, n):
         while (run := self.next()) is not None:
@@ -142,15 +151,10 @@ def main():
     shared = [r for r in runs if r["name"] not in EXCLUSIVE]
     print(f"test-lanes: {len(runs)} test binaries, {len(alone)} alone, the rest in "
           f"{lanes} lanes, {threads} test thread(s) each", flush=True)
+    state = Lanes(logs)
     # Alone, a binary's own tests may share both cores.
-    state = Lanes(alone, logs, max(threads, 2))
-    state.lane(1)
-    state.queue, state.threads = shared, threads
-    threads = [threading.Thread(target=state.lane, args=(n + 1,)) for n in range(lanes)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    state.run(alone, 1, max(threads, 2))
+    state.run(shared, lanes, threads)
     total = time.monotonic() - state.started
     if state.failed:
         print(f"test-lanes: {len(state.failed)} of {len(runs)} binaries failed "
