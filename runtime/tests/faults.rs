@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -121,12 +122,25 @@ fn a_guest_kernel_panic_ends_every_task_with_the_reason() {
 
     let mut joined = run_attached(&c, &join("gp"), "gj", &["sleep", "100000"]);
     c.wait_task_status("gj", "RUNNING", Duration::from_secs(300));
+    // Its output reaches ctr only once the shim has the exec started (the
+    // guest's ps shows it earlier, while the agent still works on the
+    // ExecProcess reply: a crash then fails the start instead).
     let mut sleeper = c
-        .ctr_cmd(&["task", "exec", "--exec-id", "e2", "gp", "sleep", "100000"])
+        .ctr_cmd(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e2",
+            "gp",
+            "sh",
+            "-c",
+            "echo started; exec sleep 100000",
+        ])
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_exec_started(&c, "e2");
+    wait_for_line(&mut sleeper, "started", Duration::from_secs(300));
 
     let crash = c.ctr(&[
         "task",
@@ -175,19 +189,21 @@ fn remove_vsock_sockets(dir: &Path) -> usize {
     n
 }
 
-/// Waits until `ctr task ps` lists more than the init (the exec started).
-fn wait_exec_started(c: &Containerd, exec: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ps = stdout(&c.ctr(&["task", "ps", "gp"]));
-        if ps.lines().skip(1).count() >= 2 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "exec {exec} never started:\n{ps}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
+/// Waits until `child` prints `line` on its stdout.
+fn wait_for_line(child: &mut Child, line: &str, limit: Duration) {
+    let out = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = BufReader::new(out);
+        let mut first = String::new();
+        let _ = out.read_line(&mut first);
+        let _ = tx.send(first);
+        // The rest goes nowhere, but ctr must not write to a closed pipe.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(first) => assert_eq!(first.trim(), line, "the exec's first line"),
+        Err(_) => panic!("no {line:?} from the exec in {limit:?}"),
     }
 }
 

@@ -90,6 +90,8 @@ pub enum SandboxError {
     },
     #[error("{what}: the agent said: {message}")]
     Rpc { what: String, message: String },
+    #[error("{what}: the sandbox's VM ended ({why})")]
+    VmEnded { what: String, why: String },
     #[error("template: {0}")]
     Template(String),
     #[error("sandbox {id}: {source}")]
@@ -127,6 +129,11 @@ pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
 }
 
 /// No timeout: for calls that block until something happens (Wait, Read*).
+/// How long a failed agent call gives the VM's thread to finish before
+/// the failure is put down to the agent connection alone (the guest's
+/// connections close a little before the VM's thread is done).
+pub const VM_END_GRACE: Duration = Duration::from_secs(2);
+
 pub fn blocking_ctx() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
@@ -169,6 +176,23 @@ impl Sandbox {
 
     fn vm(&self) -> std::sync::MutexGuard<'_, Option<VmHandle>> {
         self.vm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An agent call's failure, named by why the VM ended if it has (a
+    /// caller then learns of the guest's panic, not of a closed socket).
+    /// Only a failed transport waits for the VM: an answer from the agent
+    /// came from a live guest.
+    pub fn rpc_error(&self, what: impl Into<String>, e: ttrpc::Error) -> SandboxError {
+        if matches!(e, ttrpc::Error::RpcStatus(_)) {
+            return SandboxError::rpc(what, e);
+        }
+        match self.end_reason(VM_END_GRACE) {
+            Some(why) => SandboxError::VmEnded {
+                what: what.into(),
+                why,
+            },
+            None => SandboxError::rpc(what, e),
+        }
     }
 
     /// Why the VM ended, once it has; waits up to `grace` for its thread to

@@ -59,7 +59,7 @@ impl From<crate::sandbox::SandboxError> for TaskError {
             S::Config(_) | S::Size(_) | S::Spec(_) => Code::INVALID_ARGUMENT,
             S::Mount(crate::sandbox::mounts::MountError::Unsupported { .. })
             | S::Mount(crate::sandbox::mounts::MountError::TooMany(_)) => Code::INVALID_ARGUMENT,
-            S::Rpc { .. } => Code::FAILED_PRECONDITION,
+            S::Rpc { .. } | S::VmEnded { .. } => Code::FAILED_PRECONDITION,
             _ => Code::INTERNAL,
         };
         TaskError::new(code, e.to_string())

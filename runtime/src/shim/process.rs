@@ -2,9 +2,13 @@
 //! an exec. Created, then started, then stopped with an exit status; a
 //! watcher thread per started process waits in the agent, lets the output
 //! drain, records the exit, tells containerd (TaskExit) and wakes Wait.
+//! An init's exit is told after its execs' (as runc's shim does): a client
+//! that deletes the container on the init's exit (`ctr run --rm`) must not
+//! take the shim down while an exec's exit is still on its way.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use containerd_shim_protos::events::task::TaskExit;
 use husk_agent_protocol::agent;
@@ -12,7 +16,7 @@ use husk_agent_protocol::agent;
 use super::convert::timestamp;
 use super::events::{Publisher, TaskEvent};
 use crate::agent::Agent;
-use crate::sandbox::{blocking_ctx, Sandbox};
+use crate::sandbox::{blocking_ctx, Sandbox, VM_END_GRACE};
 use crate::stdio::{Endpoint, ProcessId, ProcessStdio, StdioCopiers};
 
 /// How long output may trail an exit: a process's children can hold its
@@ -20,9 +24,13 @@ use crate::stdio::{Endpoint, ProcessId, ProcessStdio, StdioCopiers};
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Exit status when the agent cannot tell (the VM is gone).
 const LOST: u32 = 255;
-/// How long a failed wait gives the VM's thread to finish before the
-/// failure is put down to the agent connection alone.
-const VM_END_GRACE: Duration = Duration::from_secs(2);
+/// How long an init's exit waits for its execs' exits: they die with its
+/// PID namespace (or with the VM), so theirs follow within the drain.
+const EXECS_GRACE: Duration = Duration::from_secs(10);
+
+/// A container's execs by id, shared by the container and its init's
+/// watcher.
+pub type ExecTable = Arc<Mutex<HashMap<String, Arc<ProcessTask>>>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -130,15 +138,21 @@ impl ProcessTask {
         }
     }
 
-    /// Waits for the exit in a thread of its own.
-    pub fn watch(self: &Arc<Self>, sandbox: Arc<Sandbox>, events: Publisher) {
+    /// Waits for the exit in a thread of its own; an init's watcher is
+    /// given its container's `execs`, whose exits it tells first.
+    pub fn watch(
+        self: &Arc<Self>,
+        sandbox: Arc<Sandbox>,
+        events: Publisher,
+        execs: Option<ExecTable>,
+    ) {
         let me = self.clone();
         let span = tracing::info_span!("container", id = %self.container, exec = %self.exec);
         let spawned = std::thread::Builder::new()
             .name("husk-wait".into())
             .spawn(move || {
                 let _g = span.enter();
-                me.wait_in_guest(&sandbox, &events);
+                me.wait_in_guest(&sandbox, &events, execs.as_ref());
             });
         if let Err(e) = spawned {
             tracing::error!("cannot start the exit watcher: {e}");
@@ -146,7 +160,7 @@ impl ProcessTask {
         }
     }
 
-    fn wait_in_guest(&self, sandbox: &Sandbox, events: &Publisher) {
+    fn wait_in_guest(&self, sandbox: &Sandbox, events: &Publisher, execs: Option<&ExecTable>) {
         let req = agent::WaitProcessRequest {
             container_id: self.container.clone(),
             exec_id: self.exec.clone(),
@@ -176,6 +190,9 @@ impl ProcessTask {
                 );
             }
             self.lock().copiers = Some(c);
+        }
+        if let Some(execs) = execs {
+            wait_for_execs(execs, EXECS_GRACE);
         }
         let exit = self.record_exit(status, Some(events));
         tracing::info!(status = exit.status, "process exited");
@@ -221,5 +238,86 @@ impl ProcessTask {
             }
             s = self.exited.wait(s).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Blocks until a started process has exited, or `deadline`; whether
+    /// it is still running then.
+    fn still_running_at(&self, deadline: Instant) -> bool {
+        let mut s = self.lock();
+        while s.status == Status::Running {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return true;
+            };
+            s = self
+                .exited
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        false
+    }
+}
+
+/// Waits up to `grace` for every started exec in `execs` to record its exit.
+fn wait_for_execs(execs: &ExecTable, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    let started: Vec<Arc<ProcessTask>> = execs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for p in started {
+        if p.still_running_at(deadline) {
+            tracing::warn!(
+                exec = %p.exec,
+                "the exec has not ended {grace:?} after its container's init; telling the \
+                 init's exit first"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(id: &str, table: &ExecTable) -> Arc<ProcessTask> {
+        let p = Arc::new(ProcessTask::new("c", id, IoPaths::default(), None));
+        table.lock().unwrap().insert(id.to_string(), p.clone());
+        p
+    }
+
+    #[test]
+    fn an_init_exit_waits_for_its_running_execs_and_not_for_unstarted_ones() {
+        let table = ExecTable::default();
+        let running = exec("e1", &table);
+        running.set_running();
+        exec("never-started", &table);
+        let finisher = {
+            let running = running.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                running.record_exit(7, None)
+            })
+        };
+        let start = Instant::now();
+        wait_for_execs(&table, Duration::from_secs(30));
+        let waited = start.elapsed();
+        assert_eq!(running.exit().map(|e| e.status), Some(7));
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_secs(30), "{waited:?}");
+        finisher.join().unwrap();
+    }
+
+    #[test]
+    fn an_exec_that_never_ends_holds_the_init_exit_only_for_the_grace() {
+        let table = ExecTable::default();
+        exec("stuck", &table).set_running();
+        let start = Instant::now();
+        wait_for_execs(&table, Duration::from_millis(200));
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited < Duration::from_secs(10), "{waited:?}");
     }
 }

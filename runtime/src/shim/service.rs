@@ -161,7 +161,9 @@ impl TaskService {
             };
             agent
                 .start_container(ctx(GUEST_WORK_TIMEOUT), &start)
-                .map_err(agent_err(format!("container {}: StartContainer", req.id)))?;
+                .map_err(|e| {
+                    sandbox.rpc_error(format!("container {}: StartContainer", req.id), e)
+                })?;
             sandbox.metrics().mark(Phase::ContainerRunning);
             p.set_running();
             let mut e = TaskStart::new();
@@ -188,11 +190,11 @@ impl TaskService {
         };
         let resp = agent
             .exec_process(ctx(GUEST_WORK_TIMEOUT), &exec)
-            .map_err(agent_err(format!("exec {} in {id}: ExecProcess", p.exec)))?;
+            .map_err(|e| sandbox.rpc_error(format!("exec {} in {id}: ExecProcess", p.exec), e))?;
         p.set_pid(resp.pid);
         p.set_running();
         p.attach_io(agent);
-        p.watch(sandbox.clone(), self.shim.events.clone());
+        p.watch(sandbox.clone(), self.shim.events.clone(), None);
         let mut e = TaskExecStarted::new();
         e.container_id = id.to_string();
         e.exec_id = p.exec.clone();

@@ -15,7 +15,7 @@ use husk_agent_protocol::agent;
 
 use super::convert::{config_path_option, TaskError};
 use super::events::{Publisher, TaskEvent};
-use super::process::{IoPaths, ProcessTask};
+use super::process::{ExecTable, IoPaths, ProcessTask};
 use super::state::BundleState;
 use crate::config::HuskConfig;
 use crate::sandbox::mounts::{check_rootfs, RootfsMount};
@@ -27,7 +27,7 @@ pub struct ContainerTask {
     pub bundle: PathBuf,
     pub mounted_rootfs: bool,
     pub init: Arc<ProcessTask>,
-    pub execs: Mutex<HashMap<String, Arc<ProcessTask>>>,
+    pub execs: ExecTable,
     pub paused: AtomicBool,
 }
 
@@ -223,13 +223,14 @@ impl Shim {
         let init = Arc::new(ProcessTask::new(&req.id, "", req.io.clone(), None));
         init.set_pid(pid);
         init.attach_io(sandbox.agent());
-        init.watch(sandbox.clone(), self.events.clone());
+        let execs = ExecTable::default();
+        init.watch(sandbox.clone(), self.events.clone(), Some(execs.clone()));
         let task = Arc::new(ContainerTask {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
             mounted_rootfs: state.mounted_rootfs,
             init,
-            execs: Mutex::new(HashMap::new()),
+            execs,
             paused: AtomicBool::new(false),
         });
         self.containers().insert(req.id.clone(), task);
