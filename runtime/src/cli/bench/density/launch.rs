@@ -84,14 +84,6 @@ impl Launcher {
         why
     }
 
-    /// Asks a running pod to stop (at once, so a whole fleet stops in
-    /// parallel); `stop` then waits for it.
-    pub fn ask_to_stop(&self, pod: &Pod) {
-        if let (Launcher::Husk { .. }, Some(pid), None) = (self, pod.pid, &pod.ended) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
-    }
-
     /// Stops the pod and removes what it left; Ok says how it went when
     /// that was not the normal way, Err when something could not be cleaned.
     pub fn stop(&self, bench: &Bench, pod: &mut Pod) -> Result<Option<String>, String> {

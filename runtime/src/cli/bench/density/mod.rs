@@ -157,7 +157,7 @@ fn run_in(
     for line in host.describe() {
         eprintln!("  {line}");
     }
-    let mut fleet = Fleet::new(bench, launcher);
+    let mut fleet = Fleet::new(bench, launcher, args.concurrency);
     let mut totals = Totals {
         load_before: host::load_average(),
         ..Totals::default()

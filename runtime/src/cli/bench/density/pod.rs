@@ -127,15 +127,18 @@ pub struct Fleet<'a> {
     launcher: &'a Launcher,
     pods: Mutex<Vec<Pod>>,
     torn_down: bool,
+    /// How many pods stop at once (as many as start at once).
+    stop_concurrency: usize,
 }
 
 impl<'a> Fleet<'a> {
-    pub fn new(bench: &'a Bench, launcher: &'a Launcher) -> Self {
+    pub fn new(bench: &'a Bench, launcher: &'a Launcher, concurrency: usize) -> Self {
         Self {
             bench,
             launcher,
             pods: Mutex::new(Vec::new()),
             torn_down: false,
+            stop_concurrency: concurrency.max(1),
         }
     }
 
@@ -296,16 +299,18 @@ impl<'a> Fleet<'a> {
         }
     }
 
-    /// Stops every pod (all asked at once, then waited for, up to 16 at a
-    /// time), sweeps what no pod accounts for, and says what it found.
+    /// Stops every pod, as many at a time as started at a time (on a
+    /// software-KVM host a fleet stopping at once is a fleet of busy guests,
+    /// whose emulated kernels starve each other past every grace period),
+    /// sweeps what no pod accounts for, and says what it found.
     pub fn teardown(&mut self, progress: &ProgressBar) -> Vec<String> {
         self.torn_down = true;
         let (bench, launcher) = (self.bench, self.launcher);
+        let workers = self.stop_concurrency;
         let pods = self.pods.get_mut().unwrap_or_else(|e| e.into_inner());
-        pods.iter().for_each(|p| launcher.ask_to_stop(p));
-        let queue = Mutex::new(pods.iter_mut().collect::<Vec<_>>());
+        let queue = Mutex::new(pods.iter_mut().rev().collect::<Vec<_>>());
         std::thread::scope(|s| {
-            for _ in 0..16 {
+            for _ in 0..workers {
                 s.spawn(|| loop {
                     let Some(pod) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
                         return;
