@@ -131,10 +131,12 @@ pub fn draw(
             .collect()
     };
     let mem = values(&memory);
-    // Headroom above the data for the legend; room below zero when other
-    // processes freed memory during the run.
-    let y_max = mem.iter().copied().fold(1.0f64, f64::max) * 1.5;
+    // Room below zero when other processes freed memory during the run,
+    // and headroom above the data for the legend: a share of the whole
+    // span, as the legend's height is a share of the chart's.
+    let highest = mem.iter().copied().fold(1.0f64, f64::max);
     let y_min = mem.iter().copied().fold(0.0f64, f64::min) * 1.2;
+    let y_max = highest + (highest - y_min) * 0.45;
     panel(
         &top,
         "Host memory per idle pod",
@@ -264,7 +266,9 @@ mod tests {
     fn pod(k: usize) -> Pod {
         let mut p = Pod::new(k, format!("p-{k}"));
         p.running_order = Some(k + 1);
-        p.mem_available_at_running_kib = Some(20_000_000 - 30_000 * (k as u64 + 1));
+        // The first pods "free" memory, as other processes on a real host
+        // do: the chart then spans negative values too.
+        p.mem_available_at_running_kib = Some(20_100_000 - 30_000 * (k as u64 + 1));
         p.starts = Starts {
             vm_entry: Some(0.1 + k as f64 * 0.01),
             agent_ready: Some(0.2 + k as f64 * 0.01),
