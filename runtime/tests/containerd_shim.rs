@@ -78,7 +78,11 @@ fn one_sandbox_serves_a_pod_of_containers() {
     // exit status is the init's.
     let pod_args = c.run_args(&[], "pod", &["sh", "-c", POD_INIT]);
     let pod_argv: Vec<&str> = pod_args.iter().map(String::as_str).collect();
-    let mut pod = c.ctr_cmd(&pod_argv).stdin(Stdio::null()).spawn().unwrap();
+    let mut pod = c
+        .lasting_ctr_cmd(&pod_argv)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     c.wait_task_status("pod", "RUNNING", Duration::from_secs(600));
     assert_eq!(c.shim_pids().len(), 1, "one husk process for the sandbox");
 

@@ -43,7 +43,10 @@ fn run_attached(c: &Containerd, extra: &[String], id: &str, args: &[&str]) -> Ch
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let argv = c.run_args(&extra, id, args);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    c.ctr_cmd(&argv).stdin(Stdio::null()).spawn().unwrap()
+    c.lasting_ctr_cmd(&argv)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn exit_code(child: &mut Child) -> Option<i32> {

@@ -16,6 +16,10 @@ pub const IMAGE: &str = "docker.io/husk/busybox:latest";
 pub const RUNTIME: &str = "io.containerd.husk.v2";
 /// Longest a ctr command may take (a cold sandbox boot is about a minute).
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest a ctr that lives through a whole test may take (an attached
+/// `ctr run` of a pod's init): under load a test outlasts CTR_TIMEOUT, and
+/// `timeout`'s SIGTERM would reach the task, as ctr forwards signals.
+pub const LASTING_CTR_TIMEOUT: Duration = Duration::from_secs(3600);
 
 pub struct Containerd {
     pub dir: PathBuf,
@@ -168,16 +172,19 @@ impl Containerd {
     }
 
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        self.ctr_cmd_within(CTR_TIMEOUT, args)
+    }
+
+    /// `ctr_cmd` for a ctr that lives through the test (LASTING_CTR_TIMEOUT).
+    pub fn lasting_ctr_cmd(&self, args: &[&str]) -> Command {
+        self.ctr_cmd_within(LASTING_CTR_TIMEOUT, args)
+    }
+
+    fn ctr_cmd_within(&self, limit: Duration, args: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
-        cmd.args([
-            "-k",
-            "10",
-            &CTR_TIMEOUT.as_secs().to_string(),
-            "ctr",
-            "--address",
-        ])
-        .arg(&self.address)
-        .args(args);
+        cmd.args(["-k", "10", &limit.as_secs().to_string(), "ctr", "--address"])
+            .arg(&self.address)
+            .args(args);
         cmd
     }
 
