@@ -128,12 +128,12 @@ pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(timeout.as_nanos() as i64)
 }
 
-/// No timeout: for calls that block until something happens (Wait, Read*).
 /// How long a failed agent call gives the VM's thread to finish before
 /// the failure is put down to the agent connection alone (the guest's
 /// connections close a little before the VM's thread is done).
 pub const VM_END_GRACE: Duration = Duration::from_secs(2);
 
+/// No timeout: for calls that block until something happens (Wait, Read*).
 pub fn blocking_ctx() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
