@@ -128,15 +128,8 @@ impl Cgroup {
                 enable_v2_controllers(&mount, &parent_dir)?;
             }
             let dir = parent_dir.join(id);
-            // cpu and cpuacct may be one hierarchy mounted twice.
-            let canonical = fs::canonicalize(&parent_dir)
-                .unwrap_or(parent_dir.clone())
-                .join(id);
-            if cgroup
-                .dirs
-                .iter()
-                .any(|(_, d)| fs::canonicalize(d).ok() == Some(canonical.clone()))
-            {
+            // v1: cpu and cpuacct may be one hierarchy mounted twice.
+            if !cgroup.dirs.is_empty() && same_hierarchy(&cgroup.dirs, &parent_dir, id) {
                 cgroup.dirs.push((name, dir));
                 continue;
             }
@@ -338,6 +331,15 @@ impl Cgroup {
     }
 }
 
+/// Whether `<parent_dir>/<id>` is one of `dirs` under another name.
+fn same_hierarchy(dirs: &[(String, PathBuf)], parent_dir: &Path, id: &str) -> bool {
+    let canonical = fs::canonicalize(parent_dir)
+        .unwrap_or(parent_dir.to_path_buf())
+        .join(id);
+    dirs.iter()
+        .any(|(_, d)| fs::canonicalize(d).ok().as_ref() == Some(&canonical))
+}
+
 fn enable_v2_controllers(root: &Path, parent_dir: &Path) -> Result<(), ContainerError> {
     let available = read_file(&root.join("cgroup.controllers"))?;
     let wanted: Vec<String> = V2_CONTROLLERS
@@ -354,8 +356,21 @@ fn enable_v2_controllers(root: &Path, parent_dir: &Path) -> Result<(), Container
         levels.push(dir.clone());
     }
     for level in levels {
-        for controller in &wanted {
-            write_file(&level.join("cgroup.subtree_control"), controller)?;
+        // Only what is missing: each write is a system call and a pass over
+        // the subtree, and the levels above are shared by every container.
+        let file = level.join("cgroup.subtree_control");
+        let enabled = read_file(&file)?;
+        let missing: Vec<&str> = wanted
+            .iter()
+            .map(String::as_str)
+            .filter(|w| {
+                !enabled
+                    .split_whitespace()
+                    .any(|e| Some(e) == w.strip_prefix('+'))
+            })
+            .collect();
+        if !missing.is_empty() {
+            write_file(&file, &missing.join(" "))?;
         }
     }
     Ok(())
