@@ -66,13 +66,15 @@ fn own_flags(argv: Vec<String>) -> Vec<String> {
     kept
 }
 
-/// Logs go to stderr, which for PID 1 is the guest console.
+/// Logs go to stderr, which for PID 1 is the guest console. Without the
+/// module path: every byte on the serial console costs a VM exit.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HUSK_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
+        .with_target(false)
         .with_writer(std::io::stderr)
         .init();
 }

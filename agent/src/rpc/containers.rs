@@ -67,7 +67,6 @@ impl Containers {
         match self.create_reserved(&req) {
             Ok((pid, mounted)) => {
                 self.slots().insert(id.clone(), Slot::Created(mounted));
-                tracing::info!(container = %id, pid, "container created");
                 Ok(agent::CreateContainerResponse {
                     pid,
                     ..Default::default()
@@ -107,7 +106,6 @@ impl Containers {
     pub fn start(&self, req: &agent::StartContainerRequest) -> Result<(), RpcError> {
         let id = checked_id("container_id", &req.container_id)?;
         self.engine.start(&id)?;
-        tracing::info!(container = %id, "container started");
         Ok(())
     }
 
@@ -307,7 +305,6 @@ impl Containers {
         if let Some(Slot::Created(Some(mounted))) = slot {
             mounted.unmount()?;
         }
-        tracing::info!(container = %id, "container removed");
         Ok(())
     }
 
