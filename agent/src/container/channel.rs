@@ -20,7 +20,7 @@ const MAX_MESSAGE: usize = 4096;
 /// What travels on the channel.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message {
-    /// Intermediate -> agent: the container process's pid (agent's view).
+    /// Container process -> agent: its pid (the agent's view).
     Pid(i32),
     /// Agent -> child: you are in the cgroup, go on.
     Go,

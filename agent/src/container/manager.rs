@@ -260,7 +260,7 @@ impl ContainerManager {
             init,
             process,
         };
-        let spawned = spawn::spawn(&plan, cgroup, &self.reaper)?;
+        let spawned = spawn::spawn(plan, cgroup, &self.reaper)?;
         let handle = ProcessHandle::track(
             &self.reaper,
             spawned.pid,
@@ -374,7 +374,7 @@ impl ContainerManager {
             init: None,
             process,
         };
-        let spawned = spawn::spawn(&plan, &container.cgroup, &self.reaper)?;
+        let spawned = spawn::spawn(plan, &container.cgroup, &self.reaper)?;
         let handle = ProcessHandle::track(&self.reaper, spawned.pid, spawned.stdio, None)?;
         spawn::await_exec(&spawned.control)?;
         Ok(handle)

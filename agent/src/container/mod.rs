@@ -79,6 +79,7 @@ mod rootfs;
 mod seccomp;
 mod spawn;
 mod stdio;
+mod vfork;
 
 use std::path::PathBuf;
 

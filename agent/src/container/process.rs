@@ -9,13 +9,12 @@
 //! the capability drop may remove, so (like runc) it is installed first.
 
 use std::collections::HashSet;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use caps::{CapSet, Capability};
-use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{PosixRlimitType, Process};
 use seccompiler::BpfProgram;
 
@@ -215,34 +214,97 @@ fn drop_bounding(plan: &CapabilityPlan) -> ChildResult<()> {
     Ok(())
 }
 
+/// Sets this process's groups and ids with the raw system calls. glibc's
+/// wrappers would also change every other thread it knows of (it signals
+/// them: SIGSETXID), and a child that shares the agent's memory until exec
+/// sees the agent's threads as its own.
 fn switch_user(plan: &ProcessPlan) -> ChildResult<()> {
-    let groups: Vec<Gid> = plan
-        .additional_gids
-        .iter()
-        .map(|g| Gid::from_raw(*g))
-        .collect();
-    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
-    let gid = Gid::from_raw(plan.gid);
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {}: {e}", plan.gid))?;
-    let uid = Uid::from_raw(plan.uid);
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {}: {e}", plan.uid))
+    let groups = &plan.additional_gids;
+    // SAFETY: the kernel reads `groups.len()` gids from the live vector.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    check_id_call(rc, "setgroups")?;
+    let (gid, uid) = (plan.gid, plan.uid);
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+    check_id_call(rc, &format!("setgid {gid}"))?;
+    // SAFETY: integer arguments only.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    check_id_call(rc, &format!("setuid {uid}"))
+}
+
+fn check_id_call(rc: libc::c_long, what: &str) -> ChildResult<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+    }
+}
+
+/// A plan's `argv` and `env` as execve takes them (null-terminated pointer
+/// arrays), made before the clone so the child allocates nothing it would
+/// leave behind in the agent (vfork.rs).
+pub struct ExecPointers {
+    argv: Vec<*const libc::c_char>,
+    env: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into the heap buffers of a plan's CStrings, which
+// its owner keeps, unchanged, beside this value (spawn.rs's CloneArgs);
+// moving either moves no buffer.
+unsafe impl Send for ExecPointers {}
+
+impl ExecPointers {
+    pub fn new(plan: &ProcessPlan) -> Self {
+        let pointers = |list: &[CString]| {
+            list.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        ExecPointers {
+            argv: pointers(&plan.argv),
+            env: pointers(&plan.env),
+        }
+    }
+}
+
+/// The path of the program to exec, held on the child's stack (no heap: see
+/// `ExecPointers`).
+pub struct Program {
+    bytes: [u8; libc::PATH_MAX as usize],
+}
+
+impl Program {
+    /// `path` NUL-terminated; None if that exceeds PATH_MAX.
+    fn new(path: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; libc::PATH_MAX as usize];
+        (path.len() < bytes.len()).then(|| {
+            bytes[..path.len()].copy_from_slice(path);
+            Program { bytes }
+        })
+    }
+
+    fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_until_nul(&self.bytes).unwrap_or_default()
+    }
 }
 
 /// The program to exec: a path with a slash as given, else the first match
 /// in the process's PATH (runc resolves the same way, before seccomp).
-fn resolve_program(plan: &ProcessPlan) -> ChildResult<CString> {
+fn resolve_program(plan: &ProcessPlan) -> ChildResult<Program> {
+    let too_long = || format!("executable {:?}: path too long", plan.argv[0]);
     let name = Path::new(std::ffi::OsStr::from_bytes(plan.argv[0].as_bytes()));
     if name.as_os_str().as_bytes().contains(&b'/') {
         nix::unistd::access(name, nix::unistd::AccessFlags::X_OK)
             .map_err(|e| format!("executable {}: {e}", name.display()))?;
-        return Ok(plan.argv[0].clone());
+        return Program::new(plan.argv[0].as_bytes()).ok_or_else(too_long);
     }
     for dir in &plan.path_dirs {
         let candidate = dir.join(name);
         if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
             && candidate.is_file()
         {
-            return CString::new(candidate.as_os_str().as_bytes()).map_err(|e| e.to_string());
+            return Program::new(candidate.as_os_str().as_bytes()).ok_or_else(too_long);
         }
     }
     Err(format!("executable {:?} not found in PATH", name))
@@ -256,7 +318,7 @@ fn install_seccomp(plan: &ProcessPlan) -> ChildResult<()> {
 }
 
 /// Applies everything but the exec itself; returns the program to exec.
-pub fn apply(plan: &ProcessPlan) -> ChildResult<CString> {
+pub fn apply(plan: &ProcessPlan) -> ChildResult<Program> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
     if !plan.no_new_privileges {
         install_seccomp(plan)?;
@@ -291,14 +353,15 @@ pub fn apply(plan: &ProcessPlan) -> ChildResult<CString> {
 }
 
 /// Installs seccomp and execs. Returns only on failure.
-pub fn exec(plan: &ProcessPlan, program: &CString) -> String {
+pub fn exec(plan: &ProcessPlan, program: &Program, pointers: &ExecPointers) -> String {
     if plan.no_new_privileges {
         if let Err(text) = install_seccomp(plan) {
             return text;
         }
     }
-    match nix::unistd::execve(program, &plan.argv, &plan.env) {
-        Err(e) => format!("exec {program:?}: {e}"),
-        Ok(never) => match never {},
-    }
+    let path = program.as_cstr();
+    // SAFETY: a NUL-terminated path and null-terminated arrays of pointers
+    // into the plan's CStrings, all alive for the call.
+    unsafe { libc::execve(path.as_ptr(), pointers.argv.as_ptr(), pointers.env.as_ptr()) };
+    format!("exec {path:?}: {}", std::io::Error::last_os_error())
 }

@@ -1,14 +1,17 @@
-//! Creating a process inside a container: the fork dance.
+//! Creating a process inside a container.
 //!
-//! The agent is multi-threaded, so it never changes its own namespaces. It
-//! forks an intermediate process that enters or creates the namespaces, and
-//! the intermediate clones the container process with CLONE_PARENT: that makes
-//! the container process a direct child of the agent (so the one reaper gets
-//! its exit status, PID 1 or not), and PID 1 of a new PID namespace when one
-//! was unshared. Then, over the control channel:
+//! The agent is multi-threaded, so it never changes its own namespaces. A
+//! spawner thread clones an intermediate process that enters or creates the
+//! namespaces, and the intermediate clones the container process with
+//! CLONE_PARENT: that makes the container process a direct child of the agent
+//! (so the one reaper gets its exit status, PID 1 or not), and PID 1 of a new
+//! PID namespace when one was unshared. Both clones share the agent's memory
+//! until the container process execs (`vfork`: that is what keeps a container
+//! start cheap in an emulated guest kernel), each suspending its parent. Then,
+//! over the control channel:
 //!
 //! ```text
-//! intermediate -> agent  Pid(p)        (then exits)
+//! child -> agent         Pid(p)        (the kernel told the child its pid)
 //! agent                  puts p into the cgroup
 //! agent -> child         Go
 //! child                  rootfs, hostname (init only), stdio, user, caps ...
@@ -17,19 +20,23 @@
 //! child                  seccomp, execve; the agent reads EOF = exec done
 //! ```
 //!
-//! Between fork and exec the children touch no locks another thread of the
-//! agent could hold (no logging, no std::env); glibc's fork resets malloc.
+//! Between clone and exec the children log nothing and read no std::env:
+//! they run as the suspended spawner thread would, on their own stacks.
 
+use std::ffi::c_void;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 
 use super::cgroup::Cgroup;
 use super::channel::{self, Message};
-use super::process::{self, ProcessPlan};
+use super::process::{self, ExecPointers, ProcessPlan};
 use super::rootfs::{self, ChildResult, RootfsPlan};
 use super::stdio::{ChildPipes, Stdio};
+use super::vfork;
 use super::ContainerError;
 use crate::reaper::Reaper;
 
@@ -67,11 +74,37 @@ fn spawn_failed(text: impl Into<String>) -> ContainerError {
     ContainerError::SpawnFailed(text.into())
 }
 
-/// Forks the process described by `plan` and brings it to `Ready`.
+/// Stack of each of the two clones (the intermediate's and the container
+/// process's until it execs): setup code only, mostly syscalls.
+const CHILD_STACK: usize = 256 * 1024;
+
+/// What the two clones read. It lives in the spawner thread, which is
+/// suspended until both have exec'd or exited, so they may borrow it freely.
+struct CloneArgs {
+    plan: SpawnPlan,
+    /// Pointers into `plan.process`, for execve.
+    exec_pointers: ExecPointers,
+    /// The child's end of the control channel.
+    control: OwnedFd,
+    pipes: Option<ChildPipes>,
+    /// Descriptors the intermediate keeps (all others are closed).
+    keep: Vec<RawFd>,
+    container_stack: vfork::Stack,
+    /// The container process's pid as the agent sees it: stored by the kernel
+    /// (CLONE_PARENT_SETTID) before the container process runs.
+    container_pid: AtomicI32,
+}
+
+/// Creates the process described by `plan` and brings it to `Ready`.
+///
+/// A spawner thread makes the intermediate with `vfork::clone_vm` and stays
+/// suspended until the container process has exec'd (or died), then reaps
+/// the intermediate and frees what the clones used; this thread talks to the
+/// container process over the control channel meanwhile.
 pub fn spawn(
-    plan: &SpawnPlan,
+    plan: SpawnPlan,
     cgroup: &Cgroup,
-    reaper: &Reaper,
+    reaper: &Arc<Reaper>,
 ) -> Result<Spawned, ContainerError> {
     let (pipes, child_pipes) = if plan.process.terminal {
         (None, None)
@@ -93,32 +126,40 @@ pub fn spawn(
     }
     keep.extend(plan.namespaces.join.iter().map(|(fd, _)| fd.as_raw_fd()));
     keep.sort_unstable();
-
-    // SAFETY: the child only runs `intermediate`, which follows the
-    // fork-safety rules in the module comment and never returns.
-    let intermediate_pid = match unsafe { nix::unistd::fork() } {
-        Err(e) => {
-            return Err(ContainerError::Io {
-                what: "fork".into(),
-                source: e.into(),
-            })
-        }
-        Ok(nix::unistd::ForkResult::Child) => {
-            intermediate(plan, child_end.as_raw_fd(), child_pipes.as_ref(), &keep)
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
+    let stack_error = |e: std::io::Error| ContainerError::Io {
+        what: "mapping a stack for the process's setup".into(),
+        source: e,
     };
-    reaper.note_spawned();
-    drop(child_end);
-    drop(child_pipes);
-    let first = channel::receive(&agent_end);
-    reaper.wait(intermediate_pid);
-    let pid = match first {
+    let intermediate_stack = vfork::Stack::new(CHILD_STACK).map_err(stack_error)?;
+    let args = Box::new(CloneArgs {
+        exec_pointers: ExecPointers::new(&plan.process),
+        plan,
+        control: child_end,
+        pipes: child_pipes,
+        keep,
+        container_stack: vfork::Stack::new(CHILD_STACK).map_err(stack_error)?,
+        container_pid: AtomicI32::new(0),
+    });
+    let spawner_reaper = Arc::clone(reaper);
+    std::thread::Builder::new()
+        .name("spawner".into())
+        .stack_size(256 * 1024)
+        .spawn(move || run_clones(args, intermediate_stack, &spawner_reaper))
+        .map_err(|e| ContainerError::Io {
+            what: "starting the spawner thread".into(),
+            source: e,
+        })?;
+    let pid = match channel::receive(&agent_end) {
         Ok((Message::Pid(pid), _)) => pid,
         Ok((Message::Failed(text), _)) => return Err(spawn_failed(text)),
-        Ok((other, _)) => return Err(spawn_failed(format!("intermediate process sent {other:?}"))),
+        Ok((other, _)) => {
+            return Err(spawn_failed(format!(
+                "the new process sent {other:?} first"
+            )))
+        }
         Err(e) => return Err(spawn_failed(format!("control channel: {e}"))),
     };
+    reaper.note_spawned();
     match bring_to_ready(pid, &agent_end, cgroup, pipes) {
         Ok(stdio) => Ok(Spawned {
             pid,
@@ -128,6 +169,38 @@ pub fn spawn(
         Err(e) => {
             kill_and_reap(pid, reaper);
             Err(e)
+        }
+    }
+}
+
+/// The spawner thread: clones the intermediate, which returns once the
+/// container process has exec'd or exited; then reaps the intermediate and
+/// drops what the clones borrowed (closing the agent's copies of the child's
+/// descriptors, so the agent sees end-of-file once the exec happened).
+fn run_clones(mut args: Box<CloneArgs>, stack: vfork::Stack, reaper: &Reaper) {
+    let arg: *mut CloneArgs = &mut *args;
+    // SAFETY: `args` and `stack` outlive the call, which returns only after
+    // the intermediate exited; `intermediate_entry` follows vfork's rules.
+    let cloned = unsafe {
+        vfork::clone_vm(
+            intermediate_entry,
+            &stack,
+            0,
+            arg.cast(),
+            std::ptr::null_mut(),
+        )
+    };
+    match cloned {
+        Ok(pid) => {
+            reaper.note_spawned();
+            reaper.wait(pid);
+        }
+        Err(e) => {
+            let _ = channel::send(
+                args.control.as_raw_fd(),
+                &Message::Failed(format!("clone: {e}")),
+                None,
+            );
         }
     }
 }
@@ -186,34 +259,48 @@ fn close_other_fds(keep: &[RawFd]) {
     unsafe { libc::syscall(libc::SYS_close_range, next, u32::MAX, 0) };
 }
 
-fn intermediate(plan: &SpawnPlan, control: RawFd, pipes: Option<&ChildPipes>, keep: &[RawFd]) -> ! {
-    close_other_fds(keep);
-    let result = enter_namespaces(&plan.namespaces).and_then(|()| {
-        // SAFETY: raw clone without a new stack behaves like fork; this
-        // process is single-threaded, and the child never returns.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
+/// The intermediate: enters or creates the namespaces, clones the container
+/// process into them (its parent is the agent: CLONE_PARENT) and waits,
+/// suspended, until that process has exec'd or exited.
+extern "C" fn intermediate_entry(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: `run_clones` passes its live, boxed CloneArgs and is suspended
+    // while this runs; the clones only share it (the one field the kernel
+    // writes is atomic).
+    let args = unsafe { &*arg.cast::<CloneArgs>() };
+    close_other_fds(&args.keep);
+    let result = enter_namespaces(&args.plan.namespaces).and_then(|()| {
+        // SAFETY: `args` outlives the call (this process waits in it);
+        // `container_entry` follows vfork's rules.
+        unsafe {
+            vfork::clone_vm(
+                container_entry,
+                &args.container_stack,
+                libc::CLONE_PARENT | libc::CLONE_PARENT_SETTID,
+                arg,
+                args.container_pid.as_ptr(),
             )
-        };
-        match rc {
-            0 => container_process(plan, control, pipes),
-            pid if pid > 0 => Ok(pid as i32),
-            _ => Err(format!("clone: {}", std::io::Error::last_os_error())),
         }
+        .map_err(|e| format!("clone: {e}"))
     });
-    let message = match result {
-        Ok(pid) => Message::Pid(pid),
-        Err(text) => Message::Failed(text),
-    };
-    let _ = channel::send(control, &message, None);
-    // SAFETY: leaving the forked child without running the agent's atexit.
+    if let Err(text) = result {
+        let _ = channel::send(args.control.as_raw_fd(), &Message::Failed(text), None);
+    }
+    // SAFETY: leaving the clone without running the agent's atexit.
     unsafe { libc::_exit(0) }
+}
+
+/// The container process: says its pid, then sets up and execs.
+extern "C" fn container_entry(arg: *mut c_void) -> libc::c_int {
+    // SAFETY: as in `intermediate_entry`; the intermediate is suspended.
+    let args = unsafe { &*arg.cast::<CloneArgs>() };
+    // The kernel wrote it before this process first ran.
+    let pid = args.container_pid.load(Ordering::SeqCst);
+    let control = args.control.as_raw_fd();
+    if channel::send(control, &Message::Pid(pid), None).is_err() {
+        // SAFETY: as above.
+        unsafe { libc::_exit(127) }
+    }
+    container_process(args, control)
 }
 
 fn enter_namespaces(plan: &NamespacePlan) -> ChildResult<()> {
@@ -227,12 +314,12 @@ fn enter_namespaces(plan: &NamespacePlan) -> ChildResult<()> {
     Ok(())
 }
 
-fn container_process(plan: &SpawnPlan, control: RawFd, pipes: Option<&ChildPipes>) -> ! {
-    let text = match setup_and_exec(plan, control, pipes) {
+fn container_process(args: &CloneArgs, control: RawFd) -> ! {
+    let text = match setup_and_exec(args, control) {
         Ok(text) | Err(text) => text,
     };
     let _ = channel::send(control, &Message::Failed(text), None);
-    // SAFETY: leaving the forked child without running the agent's atexit.
+    // SAFETY: leaving the clone without running the agent's atexit.
     unsafe { libc::_exit(127) }
 }
 
@@ -247,11 +334,8 @@ fn wait_for(control: RawFd, expected: Message) -> ChildResult<()> {
 }
 
 /// Returns the error text on failure, or the exec error (Ok) if execve returned.
-fn setup_and_exec(
-    plan: &SpawnPlan,
-    control: RawFd,
-    pipes: Option<&ChildPipes>,
-) -> ChildResult<String> {
+fn setup_and_exec(args: &CloneArgs, control: RawFd) -> ChildResult<String> {
+    let (plan, pipes) = (&args.plan, args.pipes.as_ref());
     wait_for(control, Message::Go)?;
     reset_signals()?;
     if plan.namespaces.new_cgroup_ns {
@@ -288,7 +372,7 @@ fn setup_and_exec(
     if plan.init.is_some() {
         wait_for(control, Message::Start)?;
     }
-    Ok(process::exec(&plan.process, &program))
+    Ok(process::exec(&plan.process, &program, &args.exec_pointers))
 }
 
 fn reset_signals() -> ChildResult<()> {
