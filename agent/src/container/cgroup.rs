@@ -129,7 +129,7 @@ impl Cgroup {
             }
             let dir = parent_dir.join(id);
             // v1: cpu and cpuacct may be one hierarchy mounted twice.
-            if !cgroup.dirs.is_empty() && same_hierarchy(&cgroup.dirs, &parent_dir, id) {
+            if same_hierarchy(&cgroup.dirs, &parent_dir, id) {
                 cgroup.dirs.push((name, dir));
                 continue;
             }
@@ -333,6 +333,9 @@ impl Cgroup {
 
 /// Whether `<parent_dir>/<id>` is one of `dirs` under another name.
 fn same_hierarchy(dirs: &[(String, PathBuf)], parent_dir: &Path, id: &str) -> bool {
+    if dirs.is_empty() {
+        return false;
+    }
     let canonical = fs::canonicalize(parent_dir)
         .unwrap_or(parent_dir.to_path_buf())
         .join(id);
@@ -342,10 +345,9 @@ fn same_hierarchy(dirs: &[(String, PathBuf)], parent_dir: &Path, id: &str) -> bo
 
 fn enable_v2_controllers(root: &Path, parent_dir: &Path) -> Result<(), ContainerError> {
     let available = read_file(&root.join("cgroup.controllers"))?;
-    let wanted: Vec<String> = V2_CONTROLLERS
-        .iter()
-        .filter(|c| available.split_whitespace().any(|a| a == **c))
-        .map(|c| format!("+{c}"))
+    let wanted: Vec<&str> = V2_CONTROLLERS
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
         .collect();
     let mut dir = root.to_path_buf();
     let relative = parent_dir.strip_prefix(root).unwrap_or(Path::new(""));
@@ -360,14 +362,10 @@ fn enable_v2_controllers(root: &Path, parent_dir: &Path) -> Result<(), Container
         // the subtree, and the levels above are shared by every container.
         let file = level.join("cgroup.subtree_control");
         let enabled = read_file(&file)?;
-        let missing: Vec<&str> = wanted
+        let missing: Vec<String> = wanted
             .iter()
-            .map(String::as_str)
-            .filter(|w| {
-                !enabled
-                    .split_whitespace()
-                    .any(|e| Some(e) == w.strip_prefix('+'))
-            })
+            .filter(|w| !enabled.split_whitespace().any(|e| e == **w))
+            .map(|w| format!("+{w}"))
             .collect();
         if !missing.is_empty() {
             write_file(&file, &missing.join(" "))?;

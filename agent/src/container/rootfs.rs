@@ -56,7 +56,7 @@ pub enum CgroupMount {
     V1(Vec<(String, PathBuf)>),
 }
 
-/// Everything the child needs to build the rootfs, prepared before fork.
+/// Everything the child needs to build the rootfs, prepared before the clone.
 #[derive(Debug, Clone)]
 pub struct RootfsPlan {
     pub rootfs: PathBuf,

@@ -56,7 +56,7 @@ pub struct InitPlan {
     pub hostname: Option<String>,
 }
 
-/// Everything one spawn needs, prepared before the fork.
+/// Everything one spawn needs, prepared before the clone.
 pub struct SpawnPlan {
     pub namespaces: NamespacePlan,
     pub init: Option<InitPlan>,
@@ -77,6 +77,9 @@ fn spawn_failed(text: impl Into<String>) -> ContainerError {
 /// Stack of each of the two clones (the intermediate's and the container
 /// process's until it execs): setup code only, mostly syscalls.
 const CHILD_STACK: usize = 256 * 1024;
+
+/// Stack of the spawner thread: it only clones, reaps and drops.
+const SPAWNER_STACK: usize = 256 * 1024;
 
 /// What the two clones read. It lives in the spawner thread, which is
 /// suspended until both have exec'd or exited, so they may borrow it freely.
@@ -143,7 +146,7 @@ pub fn spawn(
     let spawner_reaper = Arc::clone(reaper);
     std::thread::Builder::new()
         .name("spawner".into())
-        .stack_size(256 * 1024)
+        .stack_size(SPAWNER_STACK)
         .spawn(move || run_clones(args, intermediate_stack, &spawner_reaper))
         .map_err(|e| ContainerError::Io {
             what: "starting the spawner thread".into(),
@@ -244,7 +247,7 @@ pub fn await_exec(control: &OwnedFd) -> Result<(), ContainerError> {
     }
 }
 
-// ---- child side: everything below runs after fork ----
+// ---- child side: everything below runs in the clones ----
 
 fn close_other_fds(keep: &[RawFd]) {
     let mut next = 3u32;
