@@ -5,10 +5,12 @@
 //! - `reaper`: the process-wide child reaper.
 //! - `container`: the container engine (OCI spec -> namespaced, cgrouped process).
 //! - `network`: the guest's NIC and routes, as the pod's interface has them.
+//! - `fd_limit`: the agent's raised open-file limit, and containers' own.
 //! - `rpc`: the ttrpc server for `husk.agent.v1.AgentService`.
 //! - `guest_details`: what GetGuestDetails reports.
 //! - `ready`: telling the host the agent serves.
 pub mod container;
+pub mod fd_limit;
 pub mod guest_details;
 pub mod init;
 pub mod network;

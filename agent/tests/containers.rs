@@ -294,10 +294,22 @@ fn process_settings_from_the_spec_apply() {
     };
     let engine = &fx.engine;
     let id = "settings";
+    // The agent raises its own open-file limit at start; a spec without
+    // RLIMIT_NOFILE gets the one the agent started with. A soft limit
+    // below the hard one makes the raise visible even where this process
+    // lacks CAP_SYS_RESOURCE (it then raises only the soft limit).
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let hard = getrlimit(Resource::RLIMIT_NOFILE).unwrap().1;
+    setrlimit(Resource::RLIMIT_NOFILE, 512, hard).unwrap();
+    husk_agent::fd_limit::raise().expect("raising the open-file limit");
+    assert!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0 > 512);
     let script = "id -u; id -G; umask; hostname; pwd; echo $FOO; \
                   mkdir /tmp/x 2>/dev/null || echo mkdir-denied; \
-                  ls /sys/fs/cgroup | grep -c memory; ls /proc/self/fd";
+                  ls /sys/fs/cgroup | grep -c memory; \
+                  grep 'open files' /proc/self/limits | tr -s ' ' | cut -d' ' -f4,5; \
+                  ls /proc/self/fd";
     let mut spec = spec(&["sh", "-c", script]);
+    spec["process"]["rlimits"] = json!([]);
     spec["process"]["user"] =
         json!({"uid": 1000, "gid": 1000, "additionalGids": [1001, 1002], "umask": 0o77});
     spec["process"]["env"] = json!(["PATH=/bin", "FOO=bar"]);
@@ -326,6 +338,7 @@ fn process_settings_from_the_spec_apply() {
             "bar",
             "mkdir-denied",
             cgroup_line,
+            &format!("512 {hard}"),
             // No descriptor of the agent leaks in: stdio, and ls's own.
             "0",
             "1",

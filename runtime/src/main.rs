@@ -9,6 +9,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     husk_runtime::metrics::note_process_start();
+    raise_open_file_limit();
     // containerd runs this binary as `containerd-shim-husk-v2` (a link).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let name = argv
@@ -38,6 +39,18 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("husk: error: {}", error_line(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A pod holds several descriptors per exec in flight (containerd's FIFOs,
+/// vsock streams, copier pipes): the soft limit goes up to the hard one, as
+/// Go does for containerd's own shims. Failing leaves the limit as it was.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }

@@ -91,6 +91,10 @@ fn run(args: &Args, pid1: bool) -> anyhow::Result<()> {
         pid1,
         "husk-agent starting"
     );
+    match husk_agent::fd_limit::raise() {
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit raised"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     // The one reaper of the process: every child's exit status goes through it.
     let reaper = Reaper::start();
     let engine = ContainerManager::new(EngineConfig {

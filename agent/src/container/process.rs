@@ -317,12 +317,29 @@ fn install_seccomp(plan: &ProcessPlan) -> ChildResult<()> {
     Ok(())
 }
 
+/// The agent runs with a raised open-file limit (`fd_limit`); a process
+/// whose spec does not set RLIMIT_NOFILE gets the agent's original back.
+fn restore_started_nofile(plan: &ProcessPlan) -> ChildResult<()> {
+    let in_spec = plan
+        .rlimits
+        .iter()
+        .any(|(kind, ..)| *kind == PosixRlimitType::RlimitNofile);
+    match crate::fd_limit::started_with() {
+        Some((soft, hard)) if !in_spec => {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+                .map_err(|e| format!("restoring RLIMIT_NOFILE {soft}/{hard}: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Applies everything but the exec itself; returns the program to exec.
 pub fn apply(plan: &ProcessPlan) -> ChildResult<Program> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(plan.umask));
     if !plan.no_new_privileges {
         install_seccomp(plan)?;
     }
+    restore_started_nofile(plan)?;
     for (kind, soft, hard) in &plan.rlimits {
         nix::sys::resource::setrlimit(rlimit_resource(*kind), *soft, *hard)
             .map_err(|e| format!("setrlimit {kind:?}: {e}"))?;
