@@ -49,12 +49,23 @@ struct Table {
     exited: HashMap<i32, ExitStatus>,
     order: VecDeque<i32>,
     spawned: bool,
+    /// Who waits for which pid: a reaped pid wakes its own waiters only.
+    /// One condition variable for all made every exit wake every waiter
+    /// (one per live process), and with 100 execs in flight in the
+    /// emulated guest kernel those wake-ups took most of the time.
+    waiting: HashMap<i32, Waiters>,
+}
+
+struct Waiters {
+    reaped: Arc<Condvar>,
+    count: usize,
 }
 
 /// Handle to the one reaper thread of this process.
 pub struct Reaper {
     table: Mutex<Table>,
-    changed: Condvar,
+    /// Wakes the reaper thread itself when a child was spawned.
+    spawned: Condvar,
 }
 
 static REAPER: OnceLock<Arc<Reaper>> = OnceLock::new();
@@ -76,7 +87,7 @@ impl Reaper {
                 }
                 let reaper = Arc::new(Reaper {
                     table: Mutex::new(Table::default()),
-                    changed: Condvar::new(),
+                    spawned: Condvar::new(),
                 });
                 let worker = Arc::clone(&reaper);
                 std::thread::Builder::new()
@@ -91,20 +102,35 @@ impl Reaper {
     /// Tells the reaper a child was just created, so an idle reaper looks again.
     pub fn note_spawned(&self) {
         self.lock().spawned = true;
-        self.changed.notify_all();
+        self.spawned.notify_all();
     }
 
     /// Blocks until `pid` has been reaped and returns how it ended. Each
     /// status is handed out once.
     pub fn wait(&self, pid: i32) -> ExitStatus {
         let mut table = self.lock();
-        loop {
-            if let Some(status) = table.exited.remove(&pid) {
-                table.order.retain(|p| *p != pid);
-                return status;
-            }
-            table = self.changed.wait(table).unwrap_or_else(|e| e.into_inner());
+        if let Some(status) = table.claim(pid) {
+            return status;
         }
+        let waiters = table.waiting.entry(pid).or_insert_with(|| Waiters {
+            reaped: Arc::new(Condvar::new()),
+            count: 0,
+        });
+        waiters.count += 1;
+        let reaped = Arc::clone(&waiters.reaped);
+        let status = loop {
+            table = reaped.wait(table).unwrap_or_else(|e| e.into_inner());
+            if let Some(status) = table.claim(pid) {
+                break status;
+            }
+        };
+        if let Some(waiters) = table.waiting.get_mut(&pid) {
+            waiters.count -= 1;
+            if waiters.count == 0 {
+                table.waiting.remove(&pid);
+            }
+        }
+        status
     }
 
     /// Returns the status of `pid` if it has been reaped, without claiming it.
@@ -139,7 +165,7 @@ impl Reaper {
         let mut table = self.lock();
         if !table.spawned {
             table = self
-                .changed
+                .spawned
                 .wait_timeout(table, IDLE_RECHECK)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
@@ -159,7 +185,17 @@ impl Reaper {
                 tracing::info!(pid = old, "dropping the unclaimed exit status of a process");
             }
         }
-        drop(table);
-        self.changed.notify_all();
+        if let Some(waiters) = table.waiting.get(&pid) {
+            waiters.reaped.notify_all();
+        }
+    }
+}
+
+impl Table {
+    /// Takes `pid`'s status out of the table, if it was reaped.
+    fn claim(&mut self, pid: i32) -> Option<ExitStatus> {
+        let status = self.exited.remove(&pid)?;
+        self.order.retain(|p| *p != pid);
+        Some(status)
     }
 }

@@ -74,3 +74,40 @@ fn orphans_come_to_the_reaper() {
     assert_eq!(reaper.wait(middle), ExitStatus::Exited(0));
     assert_eq!(reaper.wait(grandchild), ExitStatus::Exited(5));
 }
+
+/// Many processes waited for at once, by a thread each, exiting in the
+/// reverse order of their waits: every waiter gets its own child's status
+/// (each pid wakes only its own waiters).
+#[test]
+fn concurrent_waiters_each_get_their_own_status() {
+    let reaper = Reaper::start();
+    let gates: Vec<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> =
+        (0..32).map(|_| nix::unistd::pipe().unwrap()).collect();
+    let pids: Vec<i32> = gates
+        .iter()
+        .enumerate()
+        .map(|(i, (read, _))| {
+            let fd = read.as_raw_fd();
+            child(move || {
+                let mut byte = [0u8];
+                // SAFETY: reads one byte into a local buffer.
+                unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) };
+                10 + i as i32
+            })
+        })
+        .collect();
+    reaper.note_spawned();
+    let waiters: Vec<_> = pids
+        .iter()
+        .map(|&pid| {
+            let reaper = std::sync::Arc::clone(&reaper);
+            std::thread::spawn(move || reaper.wait(pid))
+        })
+        .collect();
+    for (_, write) in gates.iter().rev() {
+        nix::unistd::write(write, b"x").unwrap();
+    }
+    for (i, waiter) in waiters.into_iter().enumerate() {
+        assert_eq!(waiter.join().unwrap(), ExitStatus::Exited(10 + i as i32));
+    }
+}
