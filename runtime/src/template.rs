@@ -170,7 +170,9 @@ fn checked_agent(work: &SandboxDir) -> Result<AgentServiceClient, SandboxError> 
 
 /// What a template depends on, hashed: kernel and image (path, size,
 /// mtime: cheap, and any rewrite changes them), size, the sandbox VM's
-/// command line and devices, husk and the template format.
+/// command line and devices, the compat profile this host gets (its words
+/// end the kernel command line, which the agent reads at boot), husk and
+/// the template format.
 fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
     let g = &config.guest;
     let image = match g.boot {
@@ -198,6 +200,8 @@ fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
         env!("CARGO_PKG_VERSION")
     ));
     h.update(sandbox_vm_signature(config, size));
+    let profile = husk_vmm::CompatProfile::select(g.compat, husk_vmm::HostKvm::detect());
+    h.update(format!("{profile:?}"));
     h.update(husk_vmm::snapshot::format::FORMAT_VERSION.to_le_bytes());
     Ok(h.finalize()
         .iter()
