@@ -6,6 +6,7 @@
 //! - `container`: the container engine (OCI spec -> namespaced, cgrouped process).
 //! - `network`: the guest's NIC and routes, as the pod's interface has them.
 //! - `fd_limit`: the agent's raised open-file limit, and containers' own.
+//! - `sched_slice`: a longer scheduler slice when the host asks (software KVM).
 //! - `rpc`: the ttrpc server for `husk.agent.v1.AgentService`.
 //! - `guest_details`: what GetGuestDetails reports.
 //! - `ready`: telling the host the agent serves.
@@ -17,3 +18,4 @@ pub mod network;
 pub mod ready;
 pub mod reaper;
 pub mod rpc;
+pub mod sched_slice;

@@ -66,6 +66,20 @@ fn own_flags(argv: Vec<String>) -> Vec<String> {
     kept
 }
 
+/// The scheduler slice the kernel command line asks for (see
+/// `sched_slice`); without it the kernel's default stays.
+fn set_requested_slice() {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match husk_agent::sched_slice::requested(&cmdline) {
+        Ok(None) => {}
+        Ok(Some(slice)) => match husk_agent::sched_slice::set(slice) {
+            Ok(()) => tracing::info!(?slice, "scheduler slice set"),
+            Err(e) => tracing::warn!("cannot set the scheduler slice to {slice:?}: {e}"),
+        },
+        Err(e) => tracing::warn!("ignoring the scheduler slice: {e}"),
+    }
+}
+
 /// Logs go to stderr, which for PID 1 is the guest console. Without the
 /// module path: every byte on the serial console costs a VM exit.
 fn init_logging() {
@@ -82,6 +96,8 @@ fn init_logging() {
 fn run(args: &Args, pid1: bool) -> anyhow::Result<()> {
     let scope = if pid1 {
         init::setup_guest().context("setting up the guest")?;
+        // Before any thread exists: they inherit it.
+        set_requested_slice();
         GuestScope::OwnsTheGuest
     } else {
         GuestScope::HostTest

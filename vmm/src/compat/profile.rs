@@ -132,9 +132,11 @@ const SOFTWARE_KVM_HIDDEN: &[(u32, u32, CpuidReg, &[u8])] = &[
 /// (`xsave_fallback`): `noxsaveopt noxsaves clearcpuid=xsavec,xgetbv1` keep
 /// the kernel off the variants. The kernel reads `nopti`, `noxsaveopt` and
 /// `noxsaves` straight from the command line and still passes them to /init
-/// as arguments.
+/// as arguments. `husk.sched_slice_ms=100` asks the agent for a 100 ms
+/// scheduler slice: a tick that switches tasks costs the emulated kernel
+/// more than the tick period (see the agent's `sched_slice`).
 const SOFTWARE_KVM_CMDLINE: &str =
-    "noxsaveopt noxsaves nopti clearcpuid=smap,smep,umip,pku,popcnt,xsavec,xgetbv1 mitigations=off husk.syscall_fault=1";
+    "noxsaveopt noxsaves nopti clearcpuid=smap,smep,umip,pku,popcnt,xsavec,xgetbv1 mitigations=off husk.syscall_fault=1 husk.sched_slice_ms=100";
 
 /// A named set of guest adjustments for one kind of host.
 #[derive(Debug, Clone, PartialEq, Eq)]
