@@ -37,12 +37,15 @@ pub(super) fn new_server(
             path: config.shared_dir.clone(),
             source,
         })?;
-    let fs = PolicyFs::new(fs, metrics.clone(), space.cloned());
+    let (_, timeout) = cache_timeouts(config.cache);
+    let fs = PolicyFs::new(fs, metrics.clone(), space.cloned(), timeout);
     Ok(Server::new(Arc::new(fs)))
 }
 
-fn passthrough_config(config: &FsConfig) -> Config {
-    let (cache_policy, timeout) = match config.cache {
+/// The host's cache policy and the guest's entry and attribute timeout
+/// (negative entries too) for a cache mode.
+fn cache_timeouts(mode: CacheMode) -> (CachePolicy, Duration) {
+    match mode {
         CacheMode::None => (CachePolicy::Never, Duration::ZERO),
         // fuse-backend-rs's Auto drops the guest's page cache on every
         // open (no KEEP_CACHE): every exec re-reads the binary. Its Always
@@ -50,7 +53,11 @@ fn passthrough_config(config: &FsConfig) -> Config {
         // the guest still sees host changes within a second.
         CacheMode::Auto => (CachePolicy::Always, Duration::from_secs(1)),
         CacheMode::Always => (CachePolicy::Always, Duration::from_secs(86_400)),
-    };
+    }
+}
+
+fn passthrough_config(config: &FsConfig) -> Config {
+    let (cache_policy, timeout) = cache_timeouts(config.cache);
     Config {
         root_dir: config.shared_dir.to_string_lossy().into_owned(),
         cache_policy,

@@ -295,7 +295,16 @@ impl FsHarness {
             .unwrap()
     }
 
+    /// LOOKUP as the kernel takes it: a negative entry (node 0) is ENOENT.
     pub fn lookup(&mut self, parent: u64, n: &str) -> Result<EntryOut, i32> {
+        match self.lookup_reply(parent, n)? {
+            entry if entry.nodeid == 0 => Err(libc::ENOENT),
+            entry => Ok(entry),
+        }
+    }
+
+    /// LOOKUP's reply as the device sent it (negative entries included).
+    pub fn lookup_reply(&mut self, parent: u64, n: &str) -> Result<EntryOut, i32> {
         self.call(Opcode::Lookup, parent, &[&name(n)]).ok()
     }
 

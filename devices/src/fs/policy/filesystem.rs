@@ -34,8 +34,22 @@ impl FileSystem for PolicyFs {
         self.inner.destroy()
     }
 
+    /// A missing name is a negative entry the guest keeps for the cache's
+    /// entry timeout, as libfuse's passthrough answers: an ENOENT reply is
+    /// stale at once, so every concurrent lookup of the same missing name
+    /// (100 execs searching PATH) went to the host again, one at a time.
     fn lookup(&self, ctx: &Context, parent: Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.lookup(ctx, parent, name)
+        match self.inner.lookup(ctx, parent, name) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT) && !self.negative_timeout.is_zero() =>
+            {
+                Ok(Entry {
+                    entry_timeout: self.negative_timeout,
+                    ..Entry::default()
+                })
+            }
+            other => other,
+        }
     }
 
     fn forget(&self, ctx: &Context, inode: Inode, count: u64) {

@@ -32,6 +32,7 @@ use std::ffi::CStr;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, SetattrValid};
 use fuse_backend_rs::passthrough::PassthroughFs;
@@ -76,6 +77,9 @@ pub(super) struct PolicyFs {
     inner: PassthroughFs,
     metrics: Arc<FsMetrics>,
     space: Option<Arc<SpaceBudget>>,
+    /// How long the guest may remember that a name does not exist (the
+    /// cache mode's entry timeout; zero: not at all).
+    negative_timeout: Duration,
 }
 
 impl PolicyFs {
@@ -83,11 +87,13 @@ impl PolicyFs {
         inner: PassthroughFs,
         metrics: Arc<FsMetrics>,
         space: Option<Arc<SpaceBudget>>,
+        negative_timeout: Duration,
     ) -> Self {
         Self {
             inner,
             metrics,
             space,
+            negative_timeout,
         }
     }
 

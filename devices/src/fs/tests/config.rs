@@ -151,6 +151,18 @@ fn cache_modes_set_the_entry_and_attribute_timeouts() {
 }
 
 #[test]
+fn a_missing_name_is_a_negative_entry_for_the_entry_timeout() {
+    for (mode, secs) in [(CacheMode::Auto, 1), (CacheMode::Always, 86_400)] {
+        let mut h = FsHarness::with_config(|c| c.cache = mode);
+        let entry = h.lookup_reply(ROOT, "missing").unwrap();
+        assert_eq!((entry.nodeid, entry.entry_valid), (0, secs), "{mode:?}");
+    }
+    // Without caching the guest must ask again: a plain ENOENT.
+    let mut h = FsHarness::with_config(|c| c.cache = CacheMode::None);
+    assert_eq!(h.lookup_reply(ROOT, "missing").unwrap_err(), libc::ENOENT);
+}
+
+#[test]
 fn auto_and_always_keep_the_guest_page_cache_across_opens() {
     // Without KEEP_CACHE the guest drops a file's pages at every open, so
     // every exec of a container's binary reads it again from the host.
