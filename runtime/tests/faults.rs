@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use common::containerd::{containerd_or_skip, stderr, stdout, Containerd, IMAGE, RUNTIME};
 
 /// Bounds of the load check. This machine's guest kernel is emulated
-/// (software KVM): an exec costs seconds of guest time, so the defaults fit
+/// (software KVM): an exec costs about 2 s of guest time, so the defaults fit
 /// the test budget and HUSK_LOAD_CONCURRENT / HUSK_LOAD_SEQUENTIAL scale
-/// them up (100 and 1000 are the figures).
+/// them up (100 and 1000 are the figures: about 45 minutes here).
 const CONCURRENT_EXECS: usize = 4;
 const SEQUENTIAL_EXECS: usize = 6;
 /// Growth allowed over the load: descriptors of the husk process (none may
