@@ -68,6 +68,8 @@ pub struct StdioCopiers {
     outputs_done: Receiver<()>,
     outputs: usize,
     stdin_closed: Arc<AtomicBool>,
+    /// containerd's stdin FIFO, while its copier may still be opening it.
+    stdin_fifo: Option<PathBuf>,
     agent: Agent,
     process: ProcessId,
     _threads: Vec<JoinHandle<()>>,
@@ -98,6 +100,10 @@ impl StdioCopiers {
                 outputs += 1;
             }
         }
+        let stdin_fifo = match &io.stdin {
+            Endpoint::Fifo(path) => Some(path.clone()),
+            _ => None,
+        };
         if !matches!(io.stdin, Endpoint::None) {
             let (agent, p, closed) = (agent.clone(), process.clone(), stdin_closed.clone());
             let source = io.stdin;
@@ -109,6 +115,7 @@ impl StdioCopiers {
             outputs_done,
             outputs,
             stdin_closed,
+            stdin_fifo,
             agent: agent.clone(),
             process: process.clone(),
             _threads: threads,
@@ -133,6 +140,26 @@ impl StdioCopiers {
     pub fn close_stdin(&self) {
         if !self.stdin_closed.swap(true, Ordering::AcqRel) {
             close_guest_stdin(&self.agent, &self.process);
+        }
+    }
+
+    /// For a process that has exited: its stdin copier must not wait on.
+    /// Opening containerd's stdin FIFO blocks until a writer comes, and
+    /// ctr gives up its own pending open once the process has ended, so a
+    /// process that ended before its copier got there left the copier
+    /// blocked for good (a thread and its stack per exec, seen as 13-16 KiB
+    /// of husk's RSS per `ctr task exec` of `true`). Opening the write end
+    /// once, without blocking, completes the copier's open; it then reads
+    /// end-of-file and returns. Without a blocked reader the open fails
+    /// (ENXIO) and nothing happens.
+    pub fn release_stdin(&self) {
+        self.stdin_closed.store(true, Ordering::Release);
+        if let Some(fifo) = &self.stdin_fifo {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo);
         }
     }
 }

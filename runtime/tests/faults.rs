@@ -26,6 +26,9 @@ const SEQUENTIAL_EXECS: usize = 6;
 /// Growth allowed over the load: descriptors of the husk process (none may
 /// stay per exec) and its resident memory (allocator caches, not per exec).
 const FD_SLACK: usize = 4;
+/// Threads of the husk process (none may stay per exec: a copier left
+/// blocked on a FIFO was 13-16 KiB of RSS each).
+const THREAD_SLACK: usize = 4;
 const RSS_SLACK_KIB: u64 = 8 * 1024;
 
 fn join(sandbox: &str) -> [String; 4] {
@@ -303,6 +306,7 @@ fn load_of_execs_leaves_nothing(c: &Containerd, husk: u32) {
     let concurrent = env_count("HUSK_LOAD_CONCURRENT", CONCURRENT_EXECS);
     let sequential = env_count("HUSK_LOAD_SEQUENTIAL", SEQUENTIAL_EXECS);
     let (fds0, rss0) = (fd_count(husk), husk_own_rss_kib(&dir));
+    let threads0 = thread_count(husk);
     let started = Instant::now();
     let children: Vec<(String, Child)> = (0..concurrent)
         .map(|i| {
@@ -334,10 +338,16 @@ fn load_of_execs_leaves_nothing(c: &Containerd, husk: u32) {
         exec_ok(c, &format!("s{i}"));
     }
     let (fds1, rss1) = (fd_count(husk), husk_own_rss_kib(&dir));
+    let threads1 = thread_count(husk);
     eprintln!(
         "load: {concurrent} concurrent execs in {concurrent_took:?}, {sequential} sequential in \
-         {:?}; husk fds {fds0} -> {fds1}, husk's own RSS {rss0} -> {rss1} KiB",
+         {:?}; husk fds {fds0} -> {fds1}, threads {threads0} -> {threads1}, husk's own RSS \
+         {rss0} -> {rss1} KiB",
         started.elapsed()
+    );
+    assert!(
+        threads1 <= threads0 + THREAD_SLACK,
+        "threads grew: {threads0} -> {threads1}"
     );
     assert!(
         fds1 <= fds0 + FD_SLACK,
@@ -357,6 +367,12 @@ fn env_count(var: &str, default: usize) -> usize {
                 .unwrap_or_else(|_| panic!("{var}={v} is not a count"))
         })
         .unwrap_or(default)
+}
+
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
 }
 
 fn fd_count(pid: u32) -> usize {

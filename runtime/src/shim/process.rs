@@ -189,6 +189,7 @@ impl ProcessTask {
                     "output still open {OUTPUT_DRAIN:?} after the exit; reporting it anyway"
                 );
             }
+            c.release_stdin();
             self.lock().copiers = Some(c);
         }
         if let Some(execs) = execs {
