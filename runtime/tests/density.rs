@@ -239,6 +239,16 @@ fn husk_metrics_of_a_running_sandbox_parse_and_move_with_the_guest() {
     assert!(b.sum("husk_vsock_packets_total") > a.sum("husk_vsock_packets_total"));
 
     // SIGTERM reaches the container, whose trap ends it; the sandbox goes.
+    // Only once the trap is set: the shell is its PID namespace's init,
+    // which drops a SIGTERM it has no handler for (the counters above can
+    // move before the shell runs, from the agent's own traffic). Its first
+    // tick, on the bundle's rootfs, comes after the trap.
+    let ticks = bundle.join("rootfs/tmp/ticks");
+    let started = Instant::now();
+    while !ticks.exists() {
+        assert!(started.elapsed() < START_BOUND, "no {}", ticks.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
     let started = Instant::now();
     while alive(pid) {
