@@ -9,13 +9,13 @@
 //! container sees what it would have seen without the raise, as runc's
 //! children see its caller's limit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
-/// The limit the agent started with, recorded by `raise`; `u64::MAX` in
-/// both until then (nothing to restore).
-static STARTED_WITH: [AtomicU64; 2] = [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)];
+/// The (soft, hard) limit the agent started with, recorded by the first
+/// `raise`.
+static STARTED_WITH: OnceLock<(u64, u64)> = OnceLock::new();
 
 /// The kernel's ceiling for any process's open-file limit.
 const NR_OPEN: &str = "/proc/sys/fs/nr_open";
@@ -25,8 +25,7 @@ const NR_OPEN: &str = "/proc/sys/fs/nr_open";
 /// one. Returns the (soft, hard) limit now in force.
 pub fn raise() -> nix::Result<(u64, u64)> {
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    STARTED_WITH[0].store(soft, Ordering::Relaxed);
-    STARTED_WITH[1].store(hard, Ordering::Relaxed);
+    let _ = STARTED_WITH.set((soft, hard));
     let ceiling = std::fs::read_to_string(NR_OPEN)
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -40,11 +39,9 @@ pub fn raise() -> nix::Result<(u64, u64)> {
 }
 
 /// The (soft, hard) limit the agent started with, once `raise` ran.
-/// Reads two atomics: safe in a CLONE_VM child (no allocation, no lock).
+/// An atomic load: safe in a CLONE_VM child (no allocation, no lock).
 pub fn started_with() -> Option<(u64, u64)> {
-    let soft = STARTED_WITH[0].load(Ordering::Relaxed);
-    let hard = STARTED_WITH[1].load(Ordering::Relaxed);
-    (soft != u64::MAX || hard != u64::MAX).then_some((soft, hard))
+    STARTED_WITH.get().copied()
 }
 
 #[cfg(test)]

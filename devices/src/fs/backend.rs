@@ -32,20 +32,19 @@ pub(super) fn new_server(
     metrics: &Arc<FsMetrics>,
     space: Option<&Arc<SpaceBudget>>,
 ) -> Result<FuseServer, FsError> {
-    let fs =
-        PassthroughFs::new(passthrough_config(config)).map_err(|source| FsError::Passthrough {
-            path: config.shared_dir.clone(),
-            source,
-        })?;
-    let (_, timeout) = cache_timeouts(config.cache);
-    let fs = PolicyFs::new(fs, metrics.clone(), space.cloned(), timeout);
+    let passthrough = passthrough_config(config);
+    // The guest keeps a missing name as long as one that exists.
+    let negative_timeout = passthrough.entry_timeout;
+    let fs = PassthroughFs::new(passthrough).map_err(|source| FsError::Passthrough {
+        path: config.shared_dir.clone(),
+        source,
+    })?;
+    let fs = PolicyFs::new(fs, metrics.clone(), space.cloned(), negative_timeout);
     Ok(Server::new(Arc::new(fs)))
 }
 
-/// The host's cache policy and the guest's entry and attribute timeout
-/// (negative entries too) for a cache mode.
-fn cache_timeouts(mode: CacheMode) -> (CachePolicy, Duration) {
-    match mode {
+fn passthrough_config(config: &FsConfig) -> Config {
+    let (cache_policy, timeout) = match config.cache {
         CacheMode::None => (CachePolicy::Never, Duration::ZERO),
         // fuse-backend-rs's Auto drops the guest's page cache on every
         // open (no KEEP_CACHE): every exec re-reads the binary. Its Always
@@ -53,11 +52,7 @@ fn cache_timeouts(mode: CacheMode) -> (CachePolicy, Duration) {
         // the guest still sees host changes within a second.
         CacheMode::Auto => (CachePolicy::Always, Duration::from_secs(1)),
         CacheMode::Always => (CachePolicy::Always, Duration::from_secs(86_400)),
-    }
-}
-
-fn passthrough_config(config: &FsConfig) -> Config {
-    let (cache_policy, timeout) = cache_timeouts(config.cache);
+    };
     Config {
         root_dir: config.shared_dir.to_string_lossy().into_owned(),
         cache_policy,
