@@ -2,8 +2,8 @@
 //! controls both its tables and its control registers, and the VMM walks
 //! them to fetch instruction bytes and to complete `xsave`/`xrstor`.
 //!
-//! Guest memory is 2 MiB at 0 plus 64 KiB at 4 MiB (so leaves can point
-//! into a hole), holding page-table entries the input plants; CR0/CR3/CR4/
+//! Guest memory is 256 KiB at 0 plus 64 KiB at 512 KiB (so leaves can
+//! point into a hole), holding page-table entries the input plants; CR0/CR3/CR4/
 //! EFER, CS base and the address are the input's. Checks, besides "no
 //! panic": a translation keeps the page offset and stays below 2^52;
 //! `translate_for_write` implies `translate` with the same answer;
@@ -21,9 +21,15 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const LOW: u64 = 2 << 20;
-const HIGH: u64 = 4 << 20;
+/// Small on purpose: every input copies all of guest memory twice to check
+/// that a failed write changed nothing, and 64 pages hold more page tables
+/// than the 64 entries an input plants can fill.
+const LOW: u64 = 256 << 10;
+const HIGH: u64 = 512 << 10;
 const HIGH_LEN: u64 = 64 << 10;
+/// Pages an entry can point at: the low region, the hole, the high region
+/// and as many pages again beyond it.
+const PAGES: u64 = (HIGH + HIGH_LEN) / 4096 + 16;
 /// Longest read or write one input asks for: an XSAVE area is at most a few
 /// pages, and longer buys nothing but time.
 const MAX_LEN: usize = 3 * 4096;
@@ -31,8 +37,9 @@ const MAX_LEN: usize = 3 * 4096;
 /// A page-table entry: mostly pointing into guest memory so walks go deep.
 #[derive(Arbitrary, Debug)]
 enum Entry {
-    /// Page `page` of guest memory (counted from 0, past 2 MiB into the
-    /// hole and the high region) with flag bits `flags` (P, RW, PS, ...).
+    /// Page `page` of guest memory (counted from 0, past the low region
+    /// into the hole, the high region and beyond) with flag bits `flags`
+    /// (P, RW, PS, ...).
     Page {
         page: u16,
         flags: u16,
@@ -44,7 +51,7 @@ impl Entry {
     fn value(&self) -> u64 {
         match *self {
             Entry::Page { page, flags } => {
-                (u64::from(page % 1280) << 12) | u64::from(flags & 0xfff)
+                ((u64::from(page) % PAGES) << 12) | u64::from(flags & 0xfff)
             }
             Entry::Raw(v) => v,
         }
@@ -126,7 +133,7 @@ fuzz_target!(|input: Input| {
         cr0: input.cr0,
         cr3: input
             .cr3
-            .map_or_else(|raw| raw, |page| u64::from(page % 512) << 12),
+            .map_or_else(|raw| raw, |page| (u64::from(page) % (LOW / 4096)) << 12),
         cr4: input.cr4,
         efer: input.efer,
         ..Default::default()

@@ -152,7 +152,10 @@ impl FsHarness {
 
     /// As `new`, after `tweak` edits the default configuration.
     pub fn with_config(tweak: impl FnOnce(&mut FsConfig)) -> Self {
-        let dir = TempDir::new_with_prefix("/tmp/husk-fs-").unwrap();
+        // Under $TMPDIR: fuzz runs make one per input, and creating and
+        // removing them on ext4 took a third of vsock_tx's time; with
+        // TMPDIR=/dev/shm (tmpfs) it ran 1.8 times as many inputs a second.
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("husk-fs-")).unwrap();
         let mut config = FsConfig {
             tag: "husk".into(),
             shared_dir: dir.as_path().join("share"),

@@ -130,7 +130,10 @@ impl Harness {
 
     /// A device whose guest has offered no RX buffers yet.
     pub fn without_rx_buffers(max_connections: usize, handshake_timeout: Duration) -> Self {
-        let dir = TempDir::new_with_prefix("/tmp/husk-vsock-").unwrap();
+        // Under $TMPDIR: fuzz runs make one per input, and creating and
+        // removing them on ext4 took a third of vsock_tx's time; with
+        // TMPDIR=/dev/shm (tmpfs) it ran 1.8 times as many inputs a second.
+        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("husk-vsock-")).unwrap();
         let path = dir.as_path().join("v.sock");
         let config = VsockConfig {
             guest_cid: CID,
