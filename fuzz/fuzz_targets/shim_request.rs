@@ -114,7 +114,7 @@ fn create(data: &[u8]) {
     if let Some(path) = config_path_option(options.as_ref()) {
         assert!(!path.as_os_str().is_empty());
     }
-    let dir = TempDir::new_with_prefix("/tmp/husk-fuzz-bundle-").unwrap();
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("husk-fuzz-bundle-")).unwrap();
     std::fs::write(dir.as_path().join("config.json"), json).unwrap();
     if let Ok(spec) = BundleSpec::load(dir.as_path()) {
         bundle(&spec, dir.as_path(), &id);

@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
     let state = parts.next().unwrap_or_default();
     let mem = parts.next().unwrap_or_default();
 
-    let dir = TempDir::new_with_prefix("/tmp/husk-fuzz-template-").unwrap();
+    let dir = TempDir::new_with_prefix(std::env::temp_dir().join("husk-fuzz-template-")).unwrap();
     let path = dir.as_path();
     let header = replace(header, STATE_DIGEST, sha256_hex(state).as_bytes());
     let header = replace(&header, VERSION, HUSK_VERSION.as_bytes());
