@@ -14,7 +14,7 @@ use oci_spec::runtime::{LinuxResources, Process, Spec};
 use super::cgroup::{Cgroup, CgroupVersion, ContainerStats};
 use super::handle::ProcessHandle;
 use super::namespaces::{exec_namespaces, init_namespaces};
-use super::oom::{self, OomEvents};
+use super::oom::{self, OomEvents, OomWatch};
 use super::process::ProcessPlan;
 use super::rootfs::RootfsPlan;
 use super::spawn::{self, InitPlan, NamespacePlan, SpawnPlan};
@@ -66,6 +66,8 @@ struct Container {
     /// Exec ids being spawned (reserved, not yet in `execs`).
     pending_execs: Mutex<HashSet<String>>,
     state: Mutex<State>,
+    /// Ends the OOM watcher's thread when the container goes.
+    _oom_watch: Option<OomWatch>,
 }
 
 /// The engine. Send + Sync; share it behind an Arc.
@@ -221,13 +223,14 @@ impl ContainerManager {
         let cgroup = Cgroup::create(&self.cgroup_version, &self.cgroup_parent, id)?;
         let created = self.start_init(id, &spec, rootfs, &cgroup, namespaces, process);
         match created {
-            Ok(init) => Ok(Arc::new(Container {
+            Ok((init, oom_watch)) => Ok(Arc::new(Container {
                 spec,
                 cgroup,
                 init,
                 execs: Mutex::new(HashMap::new()),
                 pending_execs: Mutex::new(HashSet::new()),
                 state: Mutex::new(State::Created),
+                _oom_watch: oom_watch,
             })),
             Err(e) => {
                 if let Err(cleanup) = cgroup.destroy() {
@@ -246,7 +249,7 @@ impl ContainerManager {
         cgroup: &Cgroup,
         namespaces: NamespacePlan,
         process: ProcessPlan,
-    ) -> Result<Arc<ProcessHandle>, ContainerError> {
+    ) -> Result<(Arc<ProcessHandle>, Option<OomWatch>), ContainerError> {
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().clone()) {
             cgroup.apply(&resources)?;
         }
@@ -267,15 +270,19 @@ impl ContainerManager {
             spawned.stdio,
             Some(spawned.control),
         )?;
-        if let Some(dir) = cgroup.memory_dir() {
-            if let Err(e) = oom::watch(Arc::clone(&self.oom), id, dir, cgroup.is_v2()) {
-                handle.kill();
-                handle.wait();
-                return Err(e);
-            }
-        }
+        let oom_watch = match cgroup.memory_dir() {
+            Some(dir) => match oom::watch(Arc::clone(&self.oom), id, dir, cgroup.is_v2()) {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    handle.kill();
+                    handle.wait();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         tracing::info!(container = id, pid = handle.pid, "container created");
-        Ok(handle)
+        Ok((handle, oom_watch))
     }
 
     /// Lets the container's init exec its program.

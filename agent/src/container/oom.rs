@@ -5,16 +5,21 @@
 //! v2 poll(POLLPRI) on memory.events (whose oom_kill counter is compared):
 //! kernfs wakes pollers when the file changes, and unlike inotify this needs
 //! no CONFIG_INOTIFY_USER, which husk's guest kernel does not have. The v1
-//! eventfd fires when the cgroup is removed; the v2 poll also wakes up every
-//! few seconds to notice that. Then the files are gone and the thread ends.
-//! Events queue up for `ContainerManager::next_oom_event`.
+//! eventfd fires when the cgroup is removed. kernfs does not wake v2
+//! pollers when the file goes away, so the v2 watcher also polls a pipe
+//! whose write end its `OomWatch` holds: the container drops it when it
+//! goes. No timeout: on software KVM an idle guest's every wakeup costs
+//! thousands of emulated instructions (a 5 s recheck was a fifth of an idle
+//! pod's guest kernel time). Events queue up for
+//! `ContainerManager::next_oom_event`.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -68,20 +73,28 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> ContainerError {
     move |source| ContainerError::Io { what, source }
 }
 
+/// A container's OOM watcher; dropping it ends a v2 watcher's thread.
+pub struct OomWatch {
+    /// The write end of the pipe a v2 watcher polls; closing it wakes the
+    /// watcher with POLLHUP.
+    _stop: Option<OwnedFd>,
+}
+
 /// Starts watching `memory_dir` (the container's memory cgroup) for `id`.
 pub fn watch(
     events: Arc<OomEvents>,
     id: &str,
     memory_dir: &Path,
     v2: bool,
-) -> Result<(), ContainerError> {
+) -> Result<OomWatch, ContainerError> {
     let name = id.to_string();
     let id = id.to_string();
     let dir = memory_dir.to_path_buf();
     if v2 {
         let path = dir.join("memory.events");
         let file = File::open(&path).map_err(io_error(format!("opening {}", path.display())))?;
-        spawn_thread(&name, move || watch_v2(&events, &id, file))
+        let (watch, _) = spawn_v2(events, id, file)?;
+        Ok(watch)
     } else {
         let eventfd = nix::sys::eventfd::EventFd::from_value_and_flags(
             0,
@@ -97,15 +110,34 @@ pub fn watch(
             .map_err(io_error(format!("writing {}", event_control.display())))?;
         spawn_thread(&name, move || {
             watch_v1(&events, &id, control, eventfd, oom_control)
-        })
+        })?;
+        Ok(OomWatch { _stop: None })
     }
 }
 
-fn spawn_thread(id: &str, body: impl FnOnce() + Send + 'static) -> Result<(), ContainerError> {
+/// A v2 watcher of `file` (memory.events) and the watch that stops it.
+fn spawn_v2(
+    events: Arc<OomEvents>,
+    id: String,
+    file: File,
+) -> Result<(OomWatch, JoinHandle<()>), ContainerError> {
+    let (stop_rx, stop_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_error("making the OOM watcher's pipe".into())(e.into()))?;
+    let name = id.clone();
+    let thread = spawn_thread(&name, move || watch_v2(&events, &id, file, stop_rx))?;
+    let watch = OomWatch {
+        _stop: Some(stop_tx),
+    };
+    Ok((watch, thread))
+}
+
+fn spawn_thread(
+    id: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, ContainerError> {
     std::thread::Builder::new()
         .name(format!("oom-{}", id.chars().take(10).collect::<String>()))
         .spawn(body)
-        .map(|_| ())
         .map_err(io_error("spawning the OOM watcher".into()))
 }
 
@@ -128,11 +160,7 @@ fn watch_v1(
     }
 }
 
-/// How often the v2 watcher wakes up without an event, to notice a removed
-/// cgroup (kernfs does not wake pollers when a file goes away).
-const V2_RECHECK_MS: u16 = 5000;
-
-fn watch_v2(events: &OomEvents, id: &str, mut file: File) {
+fn watch_v2(events: &OomEvents, id: &str, mut file: File, stop: OwnedFd) {
     let mut seen = 0;
     loop {
         // Reading (from the start) also re-arms kernfs's change notification.
@@ -145,10 +173,48 @@ fn watch_v2(events: &OomEvents, id: &str, mut file: File) {
             seen = kills;
             events.push(id);
         }
-        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLPRI)];
-        match poll(&mut fds, PollTimeout::from(V2_RECHECK_MS)) {
+        let mut fds = [
+            PollFd::new(file.as_fd(), PollFlags::POLLPRI),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(_) => return,
         }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A regular file stands in for a quiet memory.events: poll never
+    /// reports POLLPRI on one, so only the stop pipe can end the watcher.
+    #[test]
+    fn a_v2_watcher_waits_without_waking_and_ends_when_its_watch_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.events");
+        std::fs::write(&path, "oom 1\noom_kill 1\n").unwrap();
+        let events = Arc::new(OomEvents::default());
+        let (watch, thread) =
+            spawn_v2(Arc::clone(&events), "c1".into(), File::open(&path).unwrap()).unwrap();
+        // The kill already counted is reported once, then the watcher waits.
+        assert_eq!(
+            events.next(Some(Duration::from_secs(10))).as_deref(),
+            Some("c1")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!thread.is_finished(), "the watcher ended on its own");
+        drop(watch);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(thread.is_finished(), "the watcher outlived its watch");
+        assert_eq!(events.next(Some(Duration::ZERO)), None);
     }
 }
