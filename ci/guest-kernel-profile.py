@@ -8,7 +8,9 @@ RIPs to the guest kernel's symbols (`nm` of its vmlinux) and prints:
 - the instructions per kind of entry: each system call, the timer tick,
   other interrupts, page faults and the scheduler, with calls and
   instructions per call;
-- the functions with the most instructions.
+- the functions with the most instructions;
+- the timer callbacks, hrtimer callbacks and work items that ran, with
+  how often: on an idle guest, that is what wakes it.
 Guest user code runs natively and is not seen; gaps between emulated
 instructions are reported as the time the vCPU spent outside the kernel.
 
@@ -69,6 +71,19 @@ def main():
     kinds = collections.Counter()
     calls = collections.Counter()
     funcs = collections.Counter()
+    wakers = collections.Counter()
+    # After the kernel enters one of these, the next function entered that
+    # is not the runner's own machinery (locks, retpoline thunks, timer and
+    # workqueue internals) is the callback it runs.
+    runners = {"call_timer_fn": "timer", "__hrtimer_run_queues": "hrtimer",
+               "worker_thread": "work"}
+    helper = ("_raw_", "do_raw_", "__raw_", "__x86_", "preempt_", "lock_", "__pfx_",
+              "rcu_read", "__rcu_read", "local_", "sched_clock", "ktime_get", "__remove_hrtimer",
+              "__hrtimer", "hrtimer_", "enqueue_hrtimer", "timerqueue_", "worker_", "process_",
+              "set_worker", "pwq_", "kick_", "wq_", "assign_work", "move_linked",
+              "need_more", "__queue", "raw_spin", "debug_", "__lock", "__next_base",
+              "_find_next_bit", "idle_cpu", "__mod_timer", "__rcu_")
+    waiting = None
     stack = ["?"]
     first_t = last_t = None
     outside = 0.0
@@ -80,6 +95,12 @@ def main():
             first_t = t if first_t is None else first_t
             last_t = t
             if entry:
+                runner = next((k for k in runners if name.startswith(k)), None)
+                if runner:
+                    waiting = runners[runner]
+                elif waiting and not name.startswith(helper):
+                    wakers[f"{waiting}: {name}"] += 1
+                    waiting = None
                 # Nesting is approximate: an interrupt or the scheduler is
                 # counted apart from the call it interrupted.
                 if name.startswith("asm_sysvec") or name == "asm_common_interrupt":
@@ -112,6 +133,9 @@ def main():
     print(f"\n{'function':36s} {'share':>6s}")
     for name, n in funcs.most_common(25):
         print(f"{name:36s} {100 * n / total:5.1f}%")
+    print(f"\n{'callback':48s} {'times':>6s} {'per s':>6s}")
+    for name, n in wakers.most_common(25):
+        print(f"{name:48s} {n:6d} {n / span:6.2f}")
 
 
 if __name__ == "__main__":
