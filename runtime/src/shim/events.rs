@@ -3,11 +3,12 @@
 //! ttrpc socket ($TTRPC_ADDRESS, given to the shim at start).
 //!
 //! Publishing never blocks a task operation: events go into a queue that
-//! one thread drains in order, connecting (and reconnecting) as needed; an
+//! one thread drains in order, connecting (and reconnecting) as needed and
+//! disconnecting when the queue has been idle for a while; an
 //! event containerd cannot take within [`DELIVERY_BUDGET`] (retried with a
 //! growing pause) is logged and dropped.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::events::task::{
@@ -29,6 +30,11 @@ use super::convert::timestamp;
 const DELIVERY_BUDGET: Duration = Duration::from_secs(30);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const LONGEST_RETRY: Duration = Duration::from_secs(5);
+/// How long the connection to containerd outlives the last event. ttrpc's
+/// sync client wakes every 10 ms while connected (its receiver polls with
+/// a 10 ms timeout), so an idle pod keeps none; events come in bursts
+/// (create, start; exit, delete), and a burst shares one connection.
+const KEEP_CONNECTION: Duration = Duration::from_secs(2);
 
 /// A task event and its topic.
 pub enum TaskEvent {
@@ -92,9 +98,22 @@ impl Publisher {
     }
 }
 
+/// The next event; the connection to containerd is dropped once the queue
+/// has been idle for [`KEEP_CONNECTION`].
+fn next_event(rx: &Receiver<TaskEvent>, client: &mut Option<EventsClient>) -> Option<TaskEvent> {
+    match rx.recv_timeout(KEEP_CONNECTION) {
+        Ok(event) => Some(event),
+        Err(RecvTimeoutError::Timeout) => {
+            *client = None;
+            rx.recv().ok()
+        }
+        Err(RecvTimeoutError::Disconnected) => None,
+    }
+}
+
 fn drain(rx: Receiver<TaskEvent>, address: Option<String>, namespace: &str) {
     let mut client: Option<EventsClient> = None;
-    for event in rx {
+    while let Some(event) = next_event(&rx, &mut client) {
         let (topic, msg) = event.topic_and_message();
         tracing::debug!(topic, "task event");
         let Some(address) = &address else { continue };
@@ -149,5 +168,67 @@ fn forward(client: &mut Option<EventsClient>, address: &str, req: &ForwardReques
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(LONGEST_RETRY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+    use containerd_shim_protos::{create_events, Events};
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::Instant;
+
+    /// containerd's events service, passing on each event's topic.
+    struct ContainerdEvents(Mutex<mpsc::Sender<String>>);
+
+    impl Events for ContainerdEvents {
+        fn forward(&self, _: &ttrpc::TtrpcContext, req: ForwardRequest) -> ttrpc::Result<Empty> {
+            let _ = self.0.lock().unwrap().send(req.envelope.topic.clone());
+            Ok(Empty::new())
+        }
+    }
+
+    /// Threads named like the publisher's: it and, while connected, the
+    /// ttrpc client's sender and receiver (Linux names a new thread after
+    /// the one that made it).
+    fn publisher_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "husk-events")
+            .count()
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + KEEP_CONNECTION * 5;
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn events_reach_containerd_and_an_idle_publisher_keeps_no_connection() {
+        let path = std::env::temp_dir().join(format!("husk-events-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let (tx, topics) = mpsc::channel();
+        let mut server = ttrpc::Server::new()
+            .bind(&format!("unix://{}", path.display()))
+            .unwrap()
+            .register_service(create_events(Arc::new(ContainerdEvents(Mutex::new(tx)))));
+        server.start().unwrap();
+
+        let publisher = Publisher::start(Some(path.display().to_string()), "ns".into());
+        for _ in 0..2 {
+            publisher.publish(TaskEvent::Start(TaskStart::new()));
+            let topic = topics.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(topic, TASK_START_EVENT_TOPIC);
+            assert!(publisher_threads() >= 2, "no connection while publishing");
+            // Idle: the connection (and its polling receiver) goes.
+            wait_for("the connection to close", || publisher_threads() == 1);
+        }
+        server.shutdown();
+        let _ = std::fs::remove_file(&path);
     }
 }
