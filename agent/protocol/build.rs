@@ -15,6 +15,24 @@ fn main() -> std::io::Result<()> {
     for name in ["agent.rs", "agent_ttrpc.rs"] {
         strip_inner_attributes(&Path::new(&out_dir).join(name))?;
     }
+    if std::env::var_os("CARGO_FEATURE_ASYNC_CLIENT").is_some() {
+        // The same service's async client (the runtime's; the agent keeps
+        // the sync server), into its own directory: only its
+        // agent_ttrpc.rs is used, next to the messages above.
+        let async_dir = Path::new(&out_dir).join("async");
+        std::fs::create_dir_all(&async_dir)?;
+        ttrpc_codegen::Codegen::new()
+            .out_dir(&async_dir)
+            .input("proto/agent.proto")
+            .include("proto")
+            .rust_protobuf()
+            .customize(ttrpc_codegen::Customize {
+                async_client: true,
+                ..Default::default()
+            })
+            .run()?;
+        strip_inner_attributes(&async_dir.join("agent_ttrpc.rs"))?;
+    }
     Ok(())
 }
 

@@ -1,32 +1,58 @@
 //! The runtime's client of a sandbox's agent, every call timed.
 //!
-//! `Agent` has the generated `AgentServiceClient`'s methods, with the same
-//! signatures, so callers do not change; each one records its duration
-//! and outcome in the sandbox's `AgentMetrics` (the agent round-trip
-//! histogram of the metrics endpoint). One wrapper instead of timing code
-//! at each call site, and a method the agent gains must be added to the
-//! list below before the runtime can call it, so none goes untimed.
-//! Calls that wait for the guest (a process's exit, its output, an OOM
-//! kill) are marked `waits`: counted, but not taken as round trips.
+//! `AgentClient` is ttrpc's async client of the agent service made
+//! blocking: its calls run on the agent I/O thread (`agent_io`), with the
+//! generated sync client's signatures. `Agent` wraps it and records each
+//! call's duration and outcome in the sandbox's `AgentMetrics` (the agent
+//! round-trip histogram of the metrics endpoint). One wrapper instead of
+//! timing code at each call site, and a method the agent gains must be
+//! added to the list below before the runtime can call it, so none goes
+//! untimed. Calls that wait for the guest (a process's exit, its output,
+//! an OOM kill) are marked `waits`: counted, but not taken as round trips.
 
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Instant;
 
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_agent_protocol::agent_ttrpc_async::AgentServiceClient;
 use husk_agent_protocol::ttrpc;
+use husk_agent_protocol::ttrpc::r#async::transport::Socket;
+use tokio::runtime::Handle;
 
 use crate::metrics::agent::AgentMetrics;
+
+/// A blocking client of an agent (cheap to clone; calls may run
+/// concurrently). Not for use on the agent I/O thread itself.
+#[derive(Clone)]
+pub struct AgentClient {
+    client: AgentServiceClient,
+    io: Handle,
+}
+
+impl AgentClient {
+    /// A client over `stream`, a connection to the agent's ttrpc server.
+    /// The connection closes when the last clone is dropped.
+    pub fn over(stream: UnixStream) -> std::io::Result<Self> {
+        let io = crate::agent_io::handle()?;
+        // Registering the socket with the reactor and spawning the
+        // connection's tasks need the runtime's context.
+        let _context = io.enter();
+        let socket = Socket::try_from(stream)?;
+        let client = AgentServiceClient::new(ttrpc::r#async::Client::new(socket));
+        Ok(Self { client, io })
+    }
+}
 
 /// A sandbox's agent client (cheap to clone; calls may run concurrently).
 #[derive(Clone)]
 pub struct Agent {
-    client: AgentServiceClient,
+    client: AgentClient,
     metrics: Arc<AgentMetrics>,
 }
 
 impl Agent {
-    pub fn new(client: AgentServiceClient, metrics: Arc<AgentMetrics>) -> Self {
+    pub fn new(client: AgentClient, metrics: Arc<AgentMetrics>) -> Self {
         Self { client, metrics }
     }
 
@@ -37,6 +63,18 @@ impl Agent {
 
 macro_rules! agent_calls {
     ($($kind:ident $method:ident($req:ident) -> $resp:ident;)*) => {
+        impl AgentClient {
+            $(
+                pub fn $method(
+                    &self,
+                    ctx: ttrpc::context::Context,
+                    req: &agent::$req,
+                ) -> ttrpc::Result<agent::$resp> {
+                    self.io.block_on(self.client.$method(ctx, req))
+                }
+            )*
+        }
+
         impl Agent {
             $(
                 pub fn $method(
@@ -117,7 +155,7 @@ mod tests {
             .unwrap()
             .register_service(create_agent_service(Arc::new(CheckOnly)));
         server.start().unwrap();
-        let client = AgentServiceClient::new(ttrpc::Client::connect(&address).unwrap());
+        let client = AgentClient::over(UnixStream::connect(&path).unwrap()).unwrap();
         let metrics = Arc::new(AgentMetrics::default());
         let agent = Agent::new(client, metrics.clone());
         let ctx = || ttrpc::context::with_timeout(10_000_000_000);
@@ -150,5 +188,27 @@ mod tests {
         );
         server.shutdown();
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// The connection goes with the last clone of its client, and not
+    /// before: the agent sees end of file then.
+    #[test]
+    fn a_client_closes_its_connection_when_dropped() {
+        use std::io::Read;
+        let (ours, mut agents) = UnixStream::pair().unwrap();
+        let client = AgentClient::over(ours).unwrap();
+        let clone = client.clone();
+        drop(client);
+        agents
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let open = agents.read(&mut byte).unwrap_err();
+        assert_eq!(open.kind(), std::io::ErrorKind::WouldBlock, "{open}");
+        drop(clone);
+        agents
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(agents.read(&mut byte).unwrap(), 0, "no end of file");
     }
 }

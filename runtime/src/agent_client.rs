@@ -1,20 +1,18 @@
 //! Reaching husk-agent in the guest from the host: connect to the vsock
 //! device's host Unix socket, do the `CONNECT <port>\n` / `OK <port>\n`
 //! handshake (the protocol Firecracker and Dragonball use), then hand the
-//! stream to the generated ttrpc client.
+//! stream to the ttrpc client (`AgentClient`).
 //!
 //! The handshake reads its reply one byte at a time so not a byte of the
 //! ttrpc stream that follows is consumed, and caps the reply line's length:
 //! what comes back is decided by the guest.
 
 use std::io::{Read, Write};
-use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
-use husk_agent_protocol::ttrpc;
+use crate::agent::AgentClient;
 
 pub use husk_agent_protocol::AGENT_VSOCK_PORT;
 
@@ -47,7 +45,7 @@ pub enum AgentConnectError {
         reply: String,
     },
     #[error("creating the ttrpc client: {0}")]
-    Ttrpc(ttrpc::Error),
+    Client(std::io::Error),
 }
 
 /// Opens a stream to `port` in the guest through the vsock device's Unix
@@ -93,11 +91,9 @@ pub fn connect_agent(
     uds: &Path,
     port: u32,
     timeout: Duration,
-) -> Result<AgentServiceClient, AgentConnectError> {
+) -> Result<AgentClient, AgentConnectError> {
     let stream = connect_vsock(uds, port, timeout)?;
-    // The ttrpc client owns the descriptor from here on and closes it.
-    let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(AgentConnectError::Ttrpc)?;
-    Ok(AgentServiceClient::new(client))
+    AgentClient::over(stream).map_err(AgentConnectError::Client)
 }
 
 /// One line, without its `\n`; `None` when the peer closed (or reset) first.

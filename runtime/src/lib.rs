@@ -17,6 +17,7 @@
 //! - `size`: human memory sizes.
 pub mod agent;
 pub mod agent_client;
+pub mod agent_io;
 pub mod config;
 pub mod metrics;
 pub mod network;

@@ -23,8 +23,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 
+use crate::agent::AgentClient;
 use crate::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 use crate::config::{GuestBoot, HuskConfig, TemplateMode};
 use crate::sandbox::size::VmSize;
@@ -154,7 +154,7 @@ pub fn create(
 }
 
 /// A connection to the template VM's agent, which has answered Check.
-fn checked_agent(work: &SandboxDir) -> Result<AgentServiceClient, SandboxError> {
+fn checked_agent(work: &SandboxDir) -> Result<AgentClient, SandboxError> {
     let agent =
         connect_agent(&work.vsock_socket(), AGENT_VSOCK_PORT, RPC_TIMEOUT).map_err(|source| {
             SandboxError::Agent {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use common::agent::{create_and_start, ctx, read_to_end, remove, spec, wait, RPC_TIMEOUT};
 use common::{guest_assets, kvm_or_skip, vm_config, TestVm};
 use husk_agent_protocol::agent::{self, health_check_response::ServingStatus};
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_runtime::agent::AgentClient;
 use husk_runtime::agent_client::{
     connect_agent, connect_vsock, AgentConnectError, AGENT_VSOCK_PORT,
 };
@@ -88,7 +88,7 @@ fn kernel_release_from_console(console: &str) -> &str {
         .expect("the console shows the kernel's version line")
 }
 
-fn assert_guest_answers(client: &AgentServiceClient, console: &str) {
+fn assert_guest_answers(client: &AgentClient, console: &str) {
     let health = client.check(ctx(), &agent::CheckRequest::new()).unwrap();
     assert_eq!(health.status.enum_value(), Ok(ServingStatus::SERVING));
 
@@ -117,7 +117,7 @@ const GUEST_ROOTFS: &str = "/containers/busybox/rootfs";
 /// segfaulted in glibc's TLS setup every time with a limit: its AVX memcpy,
 /// preempted at a page fault the memcg charge made slower, came back with
 /// another task's YMM upper halves. See `real_guest_fpu`.)
-fn run_echo_container(client: &AgentServiceClient) {
+fn run_echo_container(client: &AgentClient) {
     let sandbox = agent::CreateSandboxRequest {
         sandbox_id: "pod".into(),
         hostname: "husk-pod".into(),
@@ -155,7 +155,7 @@ fn run_echo_container(client: &AgentServiceClient) {
 /// A container whose rootfs is the host's shared directory, mounted by the
 /// agent from the virtio-fs tag: it reads a file the host wrote there and
 /// writes one the host then reads.
-fn run_shared_rootfs_container(client: &AgentServiceClient, share: &Path) {
+fn run_shared_rootfs_container(client: &AgentClient, share: &Path) {
     std::fs::write(share.join("from-host"), "written on the host\n").unwrap();
     let args = r#"["sh", "-c", "cat /from-host; echo written in the guest > /from-guest"]"#;
     let rootfs = agent::Rootfs {

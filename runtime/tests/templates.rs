@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::agent::{ctx, read_to_end, spec, wait};
 use common::{guest_assets, kvm_or_skip};
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_runtime::agent::AgentClient;
 use husk_runtime::agent_client::{connect_agent, AGENT_VSOCK_PORT};
 
 const TAG: &str = "husk-shared";
@@ -103,7 +103,7 @@ impl Clone {
         Self { child, uds, dir }
     }
 
-    fn agent(&mut self) -> AgentServiceClient {
+    fn agent(&mut self) -> AgentClient {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(c) = connect_agent(&self.uds, AGENT_VSOCK_PORT, Duration::from_secs(30)) {
@@ -162,7 +162,7 @@ impl Seen {
 
 /// Check, Restored, CreateSandbox, then a container printing the guest's
 /// wall clock (adjtimex: seconds and microseconds) and 16 random bytes.
-fn become_and_run(client: &AgentServiceClient, name: &str) -> Seen {
+fn become_and_run(client: &AgentClient, name: &str) -> Seen {
     let health = client.check(ctx(), &agent::CheckRequest::new()).unwrap();
     assert_eq!(
         health.status.enum_value(),
@@ -242,7 +242,7 @@ fn clones_of_a_template_are_each_their_own() {
     let mut clones: Vec<Clone> = (0..3)
         .map(|i| Clone::start(&template, base.join(format!("clone{i}"))))
         .collect();
-    let clients: Vec<AgentServiceClient> = clones.iter_mut().map(Clone::agent).collect();
+    let clients: Vec<AgentClient> = clones.iter_mut().map(Clone::agent).collect();
     let runs: Vec<Seen> = std::thread::scope(|s| {
         let handles: Vec<_> = clients
             .iter()

@@ -5,6 +5,9 @@
 //! - [`agent`]: the messages (`CreateContainerRequest`, `GuestDetails`, ...).
 //! - [`agent_ttrpc`]: `AgentServiceClient` (sync), the `AgentService` trait a
 //!   server implements, and `create_agent_service` to register it.
+//! - `agent_ttrpc_async` (feature `async-client`): the async
+//!   `AgentServiceClient` the runtime uses; ttrpc's sync client polls its
+//!   connection every 10 ms, the async one waits on tokio's reactor.
 
 pub use protobuf;
 pub use ttrpc;
@@ -19,6 +22,13 @@ pub mod agent {
 #[allow(warnings, clippy::all, clippy::pedantic)]
 pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+/// The async client of `husk.agent.v1.AgentService`.
+#[cfg(feature = "async-client")]
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod agent_ttrpc_async {
+    include!(concat!(env!("OUT_DIR"), "/async/agent_ttrpc.rs"));
 }
 
 /// The vsock port the agent listens on in the guest.

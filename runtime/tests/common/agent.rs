@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use husk_agent_protocol::agent;
-use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc;
+use husk_runtime::agent::AgentClient;
 
 /// Every guest syscall costs ~300 us on software KVM; one RPC may take many.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(600);
@@ -37,7 +37,7 @@ pub fn spec(args: &str, resources: &str) -> Vec<u8> {
 }
 
 /// Reads one stream of the container's init until EOF.
-pub fn read_to_end(client: &AgentServiceClient, id: &str, stderr: bool) -> String {
+pub fn read_to_end(client: &AgentClient, id: &str, stderr: bool) -> String {
     let req = agent::ReadStreamRequest {
         container_id: id.into(),
         ..Default::default()
@@ -58,12 +58,7 @@ pub fn read_to_end(client: &AgentServiceClient, id: &str, stderr: bool) -> Strin
 }
 
 /// Creates and starts container `id` on `rootfs`.
-pub fn create_and_start(
-    client: &AgentServiceClient,
-    id: &str,
-    oci_spec: Vec<u8>,
-    rootfs: agent::Rootfs,
-) {
+pub fn create_and_start(client: &AgentClient, id: &str, oci_spec: Vec<u8>, rootfs: agent::Rootfs) {
     let create = agent::CreateContainerRequest {
         container_id: id.into(),
         oci_spec,
@@ -79,7 +74,7 @@ pub fn create_and_start(
     client.start_container(ctx(), &start).unwrap();
 }
 
-pub fn wait(client: &AgentServiceClient, id: &str) -> i32 {
+pub fn wait(client: &AgentClient, id: &str) -> i32 {
     let wait = agent::WaitProcessRequest {
         container_id: id.into(),
         ..Default::default()
@@ -87,7 +82,7 @@ pub fn wait(client: &AgentServiceClient, id: &str) -> i32 {
     client.wait_process(ctx(), &wait).unwrap().exit_status
 }
 
-pub fn remove(client: &AgentServiceClient, id: &str) {
+pub fn remove(client: &AgentClient, id: &str) {
     let remove = agent::RemoveContainerRequest {
         container_id: id.into(),
         ..Default::default()
