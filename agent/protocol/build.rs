@@ -6,12 +6,7 @@ use std::path::Path;
 fn main() -> std::io::Result<()> {
     println!("cargo:rerun-if-changed=proto/agent.proto");
     let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    ttrpc_codegen::Codegen::new()
-        .out_dir(&out_dir)
-        .input("proto/agent.proto")
-        .include("proto")
-        .rust_protobuf()
-        .run()?;
+    generate(Path::new(&out_dir), ttrpc_codegen::Customize::default())?;
     for name in ["agent.rs", "agent_ttrpc.rs"] {
         strip_inner_attributes(&Path::new(&out_dir).join(name))?;
     }
@@ -21,19 +16,25 @@ fn main() -> std::io::Result<()> {
         // agent_ttrpc.rs is used, next to the messages above.
         let async_dir = Path::new(&out_dir).join("async");
         std::fs::create_dir_all(&async_dir)?;
-        ttrpc_codegen::Codegen::new()
-            .out_dir(&async_dir)
-            .input("proto/agent.proto")
-            .include("proto")
-            .rust_protobuf()
-            .customize(ttrpc_codegen::Customize {
-                async_client: true,
-                ..Default::default()
-            })
-            .run()?;
+        let customize = ttrpc_codegen::Customize {
+            async_client: true,
+            ..Default::default()
+        };
+        generate(&async_dir, customize)?;
         strip_inner_attributes(&async_dir.join("agent_ttrpc.rs"))?;
     }
     Ok(())
+}
+
+/// The messages and the service glue of proto/agent.proto, into `out_dir`.
+fn generate(out_dir: &Path, customize: ttrpc_codegen::Customize) -> std::io::Result<()> {
+    ttrpc_codegen::Codegen::new()
+        .out_dir(out_dir)
+        .input("proto/agent.proto")
+        .include("proto")
+        .rust_protobuf()
+        .customize(customize)
+        .run()
 }
 
 /// `include!` rejects files with inner attributes (`#![...]`, `//!`), which

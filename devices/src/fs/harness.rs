@@ -26,7 +26,7 @@ use vm_memory::ByteValued;
 use vmm_sys_util::tempdir::TempDir;
 
 use super::{CacheMode, FsConfig, FsDevice, FsMetrics};
-use crate::virtio::test_utils::{GuestDriver, BUF_SIZE};
+use crate::virtio::test_utils::{temp_dir, GuestDriver, BUF_SIZE};
 
 pub const HIPRIO_QUEUE: usize = 0;
 pub const REQUEST_QUEUE: usize = 1;
@@ -152,10 +152,7 @@ impl FsHarness {
 
     /// As `new`, after `tweak` edits the default configuration.
     pub fn with_config(tweak: impl FnOnce(&mut FsConfig)) -> Self {
-        // Under $TMPDIR: fuzz runs make one per input, and creating and
-        // removing them on ext4 took a third of vsock_tx's time; with
-        // TMPDIR=/dev/shm (tmpfs) it ran 1.8 times as many inputs a second.
-        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("husk-fs-")).unwrap();
+        let dir = temp_dir("husk-fs-");
         let mut config = FsConfig {
             tag: "husk".into(),
             shared_dir: dir.as_path().join("share"),

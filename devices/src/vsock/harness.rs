@@ -24,7 +24,7 @@ pub use super::packet::{
     OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
 use super::{VsockConfig, VsockDevice, VsockMetrics, DEFAULT_HANDSHAKE_TIMEOUT};
-use crate::virtio::test_utils::GuestDriver;
+use crate::virtio::test_utils::{temp_dir, GuestDriver};
 
 mod stream;
 pub use stream::GuestStream;
@@ -130,10 +130,7 @@ impl Harness {
 
     /// A device whose guest has offered no RX buffers yet.
     pub fn without_rx_buffers(max_connections: usize, handshake_timeout: Duration) -> Self {
-        // Under $TMPDIR: fuzz runs make one per input, and creating and
-        // removing them on ext4 took a third of vsock_tx's time; with
-        // TMPDIR=/dev/shm (tmpfs) it ran 1.8 times as many inputs a second.
-        let dir = TempDir::new_with_prefix(std::env::temp_dir().join("husk-vsock-")).unwrap();
+        let dir = temp_dir("husk-vsock-");
         let path = dir.as_path().join("v.sock");
         let config = VsockConfig {
             guest_cid: CID,
