@@ -66,7 +66,7 @@ struct Container {
     /// Exec ids being spawned (reserved, not yet in `execs`).
     pending_execs: Mutex<HashSet<String>>,
     state: Mutex<State>,
-    /// Ends the OOM watcher's thread when the container goes.
+    /// Ends the (v2) OOM watcher's thread when the container goes.
     _oom_watch: Option<OomWatch>,
 }
 
@@ -270,16 +270,17 @@ impl ContainerManager {
             spawned.stdio,
             Some(spawned.control),
         )?;
-        let oom_watch = match cgroup.memory_dir() {
-            Some(dir) => match oom::watch(Arc::clone(&self.oom), id, dir, cgroup.is_v2()) {
-                Ok(watch) => Some(watch),
-                Err(e) => {
-                    handle.kill();
-                    handle.wait();
-                    return Err(e);
-                }
-            },
-            None => None,
+        let watched = cgroup
+            .memory_dir()
+            .map(|dir| oom::watch(Arc::clone(&self.oom), id, dir, cgroup.is_v2()))
+            .transpose();
+        let oom_watch = match watched {
+            Ok(watch) => watch.flatten(),
+            Err(e) => {
+                handle.kill();
+                handle.wait();
+                return Err(e);
+            }
         };
         tracing::info!(container = id, pid = handle.pid, "container created");
         Ok((handle, oom_watch))

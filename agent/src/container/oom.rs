@@ -73,20 +73,21 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> ContainerError {
     move |source| ContainerError::Io { what, source }
 }
 
-/// A container's OOM watcher; dropping it ends a v2 watcher's thread.
+/// A v2 OOM watcher's stop: dropping it ends the watcher's thread.
 pub struct OomWatch {
-    /// The write end of the pipe a v2 watcher polls; closing it wakes the
+    /// The write end of the pipe the watcher polls; closing it wakes the
     /// watcher with POLLHUP.
-    _stop: Option<OwnedFd>,
+    _stop: OwnedFd,
 }
 
-/// Starts watching `memory_dir` (the container's memory cgroup) for `id`.
+/// Starts watching `memory_dir` (the container's memory cgroup) for `id`;
+/// on v2, the watch that stops it (a v1 watcher ends with its cgroup).
 pub fn watch(
     events: Arc<OomEvents>,
     id: &str,
     memory_dir: &Path,
     v2: bool,
-) -> Result<OomWatch, ContainerError> {
+) -> Result<Option<OomWatch>, ContainerError> {
     let name = id.to_string();
     let id = id.to_string();
     let dir = memory_dir.to_path_buf();
@@ -94,7 +95,7 @@ pub fn watch(
         let path = dir.join("memory.events");
         let file = File::open(&path).map_err(io_error(format!("opening {}", path.display())))?;
         let (watch, _) = spawn_v2(events, id, file)?;
-        Ok(watch)
+        Ok(Some(watch))
     } else {
         let eventfd = nix::sys::eventfd::EventFd::from_value_and_flags(
             0,
@@ -111,7 +112,7 @@ pub fn watch(
         spawn_thread(&name, move || {
             watch_v1(&events, &id, control, eventfd, oom_control)
         })?;
-        Ok(OomWatch { _stop: None })
+        Ok(None)
     }
 }
 
@@ -125,10 +126,7 @@ fn spawn_v2(
         .map_err(|e| io_error("making the OOM watcher's pipe".into())(e.into()))?;
     let name = id.clone();
     let thread = spawn_thread(&name, move || watch_v2(&events, &id, file, stop_rx))?;
-    let watch = OomWatch {
-        _stop: Some(stop_tx),
-    };
-    Ok((watch, thread))
+    Ok((OomWatch { _stop: stop_tx }, thread))
 }
 
 fn spawn_thread(
