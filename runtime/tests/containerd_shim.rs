@@ -14,7 +14,9 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::containerd::{containerd_or_skip, stderr, stdout, Containerd, IMAGE, RUNTIME};
+use common::containerd::{
+    assert_no_host_cgroups, containerd_or_skip, stderr, stdout, Containerd, IMAGE, RUNTIME,
+};
 
 const JOIN: [&str; 4] = [
     "--annotation",
@@ -467,6 +469,7 @@ fn kill_dash_nine_of_the_husk_process_is_cleaned_up() {
     )
     .unwrap();
     wait_clean(&c);
+    assert_no_host_cgroups(&["k9"]);
     assert!(
         !c.socket_of("k9").exists(),
         "the dead shim's socket is gone"

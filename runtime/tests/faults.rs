@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::containerd::{containerd_or_skip, stderr, stdout, Containerd, IMAGE, RUNTIME};
+use common::containerd::{
+    assert_no_host_cgroups, containerd_or_skip, stderr, stdout, Containerd, IMAGE, RUNTIME,
+};
 
 /// Bounds of the load check. This machine's guest kernel is emulated
 /// (software KVM): an exec costs about 2 s of guest time, so the defaults fit
@@ -73,18 +75,6 @@ fn wait_clean(c: &Containerd, own_mount: Option<&Path>, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(left(), Vec::<String>::new(), "nothing left behind");
-}
-
-/// The host cgroups (`/<namespace>/<id>`, ctr's default path) husk made
-/// for the test's containers are gone.
-fn assert_no_host_cgroups(ids: &[&str]) {
-    let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-        .unwrap()
-        .flatten()
-        .flat_map(|h| ids.iter().map(move |id| h.path().join("default").join(id)))
-        .filter(|p| p.exists())
-        .collect();
-    assert_eq!(left, Vec::<PathBuf>::new(), "host cgroups left behind");
 }
 
 /// A privileged pod with a second container and a running exec; the vsock

@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::containerd::{containerd_or_skip, stderr, stdout, Containerd, IMAGE, RUNTIME};
+use common::containerd::{
+    assert_no_host_cgroups, containerd_or_skip, stderr, stdout, Containerd, IMAGE, RUNTIME,
+};
 use common::{guest_assets, kvm_or_skip};
 use husk_vmm::seccomp::probe::PROBE_ENV;
 
@@ -343,4 +345,5 @@ fn a_shims_vcpu_breaking_its_list_is_reported_in_containerds_log() {
     let _ = c.ctr(&["task", "rm", "-f", "sc2"]);
     let _ = c.ctr(&["container", "rm", "sc2"]);
     wait_until_clean(&c);
+    assert_no_host_cgroups(&["sc2"]);
 }

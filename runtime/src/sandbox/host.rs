@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use husk_vmm::{NetSpec, Tap};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,10 @@ use super::spec::SandboxNetwork;
 use crate::network::{self, NetworkError, PodNetwork, TAP_NAME};
 
 const RECORD: &str = "host.json";
+
+/// How long a dead husk process's host cgroup may stay busy: within
+/// containerd's 5 s limit for the `delete` that releases it.
+const EXIT_PATIENCE: Duration = Duration::from_secs(3);
 /// The MTU every sandbox NIC offers (the most a pod may use): the guest
 /// reads it once, when its driver probes, so a template's card must offer
 /// any pod's; the agent then sets the pod's own.
@@ -181,7 +186,7 @@ pub fn release_recorded(dir: &SandboxDir) {
     };
     release_network(&record);
     if let Some(cg) = &record.cgroup {
-        cg.remove_created();
+        cg.remove_created(EXIT_PATIENCE);
     }
     let _ = std::fs::remove_file(path);
 }

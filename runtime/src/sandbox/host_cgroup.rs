@@ -18,6 +18,7 @@
 //! same for a husk process that died.
 
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +69,10 @@ impl HostCgroup {
             joined: Vec::new(),
             created: Vec::new(),
         };
-        let result = roots.iter().try_for_each(|root| me.join_one(root, &rel));
+        let pid = std::process::id();
+        let result = roots
+            .iter()
+            .try_for_each(|root| me.join_one(root, &rel, pid));
         if let Err(e) = result {
             me.leave();
             return Err(e);
@@ -81,7 +85,8 @@ impl HostCgroup {
         Ok(me)
     }
 
-    fn join_one(&mut self, root: &Path, rel: &Path) -> Result<(), HostCgroupError> {
+    /// Creates `rel` below `root` (parents too) and moves process `pid` in.
+    fn join_one(&mut self, root: &Path, rel: &Path, pid: u32) -> Result<(), HostCgroupError> {
         let target = root.join(rel);
         let mut dir = root.to_path_buf();
         for part in rel.components() {
@@ -92,8 +97,7 @@ impl HostCgroup {
                 Err(source) => return Err(HostCgroupError::Create { path: dir, source }),
             }
         }
-        let pid = std::process::id().to_string();
-        std::fs::write(target.join("cgroup.procs"), &pid).map_err(|source| {
+        std::fs::write(target.join("cgroup.procs"), pid.to_string()).map_err(|source| {
             HostCgroupError::Join {
                 path: target.clone(),
                 source,
@@ -112,24 +116,53 @@ impl HostCgroup {
                 tracing::warn!(root = %root.display(), "cannot leave the sandbox cgroup: {e}");
             }
         }
-        self.remove_created();
+        self.remove_created(Duration::ZERO);
     }
 
     /// Removes the directories husk created, deepest first; a cgroup that
-    /// still has processes or children stays (rmdir refuses).
-    pub fn remove_created(&self) {
+    /// still has processes or children stays (rmdir refuses). A busy leaf
+    /// is retried for up to `patience`: a dead husk process's threads
+    /// leave the cgroup only at the end of their exit, after the kernel
+    /// tore down the VM's memory and KVM file, which can outlast the
+    /// sockets whose closing told containerd it died.
+    pub fn remove_created(&self, patience: Duration) {
+        let deadline = Instant::now() + patience;
         for dir in self.created.iter().rev() {
-            match std::fs::remove_dir(dir) {
+            let leaf = self.joined.iter().any(|(_, target)| target == dir);
+            match remove_cgroup(dir, if leaf { deadline } else { Instant::now() }) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 // A parent another sandbox's cgroup is still in.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                Err(e) if !leaf && e.raw_os_error() == Some(libc::EBUSY) => {
                     tracing::debug!(cgroup = %dir.display(), "still in use, kept")
                 }
-                Err(e) => tracing::warn!(cgroup = %dir.display(), "cannot remove: {e}"),
+                Err(e) => tracing::warn!(
+                    cgroup = %dir.display(),
+                    procs = %read_procs(dir),
+                    "cannot remove the sandbox's host cgroup: {e}"
+                ),
             }
         }
     }
+}
+
+/// rmdir of a cgroup, retried while it is busy until `deadline`.
+fn remove_cgroup(dir: &Path, deadline: Instant) -> std::io::Result<()> {
+    loop {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The processes in a cgroup, for a log line.
+fn read_procs(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unreadable ({e})"))
 }
 
 /// `cgroups_path` as a path below a hierarchy's root.
@@ -248,5 +281,35 @@ mod tests {
         assert!(!std::fs::read_to_string("/proc/self/cgroup")
             .unwrap()
             .contains(&path));
+    }
+
+    #[test]
+    fn a_dead_processs_cgroup_is_removed_once_its_threads_have_left() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP a_dead_processs_cgroup_is_removed: needs root to create cgroups");
+            return;
+        }
+        // A child stands for the dead husk process still leaving.
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.5")
+            .spawn()
+            .unwrap();
+        let rel = relative_path(&format!("/husk-test-{}-exit/sandbox", child.id())).unwrap();
+        let mut cg = HostCgroup {
+            joined: Vec::new(),
+            created: Vec::new(),
+        };
+        for root in hierarchy_roots().unwrap() {
+            cg.join_one(&root, &rel, child.id()).unwrap();
+        }
+        cg.remove_created(Duration::ZERO);
+        let leaves = || cg.joined.iter().filter(|(_, t)| t.exists()).count();
+        assert_eq!(leaves(), cg.joined.len(), "a busy leaf stays");
+        cg.remove_created(Duration::from_secs(5));
+        let _ = child.wait();
+        for dir in &cg.created {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
     }
 }

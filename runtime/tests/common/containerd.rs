@@ -374,3 +374,15 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The host cgroups (`/<namespace>/<id>`, ctr's default path) husk made
+/// for the test's containers are gone.
+pub fn assert_no_host_cgroups(ids: &[&str]) {
+    let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .flat_map(|h| ids.iter().map(move |id| h.path().join("default").join(id)))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(left, Vec::<PathBuf>::new(), "host cgroups left behind");
+}
