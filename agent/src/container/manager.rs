@@ -282,7 +282,7 @@ impl ContainerManager {
                 return Err(e);
             }
         };
-        tracing::info!(container = id, pid = handle.pid, "container created");
+        tracing::debug!(container = id, pid = handle.pid, "container created");
         Ok((handle, oom_watch))
     }
 
@@ -318,7 +318,7 @@ impl ContainerManager {
         } else {
             State::StartFailed
         };
-        tracing::info!(container = id, ok = result.is_ok(), "container started");
+        tracing::debug!(container = id, ok = result.is_ok(), "container started");
         result
     }
 
@@ -367,7 +367,7 @@ impl ContainerManager {
             .remove(exec_id);
         let handle = result?;
         execs.insert(exec_id.to_string(), Arc::clone(&handle));
-        tracing::info!(container = id, exec_id, pid = handle.pid, "exec started");
+        tracing::debug!(container = id, exec_id, pid = handle.pid, "exec started");
         Ok(handle.pid as u32)
     }
 
@@ -579,7 +579,7 @@ impl ContainerManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        tracing::info!(container = id, "container removed");
+        tracing::debug!(container = id, "container removed");
         Ok(())
     }
 

@@ -104,7 +104,7 @@ pub fn update_interface(cfg: &InterfaceConfig) -> Result<(), NetworkError> {
         set_link(&mut rtnl, lo.index, Some(true), Vec::new())
             .map_err(netlink(format!("setting {} up", lo.name)))?;
     }
-    tracing::info!(
+    tracing::debug!(
         nic = %cfg.name,
         was = %nic.name,
         mtu = cfg.mtu,

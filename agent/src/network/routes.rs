@@ -62,7 +62,7 @@ pub fn update_routes(routes: &[RouteConfig]) -> Result<(), NetworkError> {
         })
         .collect();
     remove_other_routes(&mut rtnl, &loopbacks, &wanted)?;
-    tracing::info!(routes = routes.len(), "routes configured");
+    tracing::debug!(routes = routes.len(), "routes configured");
     Ok(())
 }
 

@@ -163,7 +163,7 @@ impl Containers {
         } else {
             self.engine.resume(&id)?;
         }
-        tracing::info!(container = %id, paused, "container freeze state changed");
+        tracing::debug!(container = %id, paused, "container freeze state changed");
         Ok(())
     }
 

@@ -42,7 +42,7 @@ pub fn restored(scope: GuestScope, req: &agent::RestoredRequest) -> Result<(), R
     }
     set_clock(req.wall_clock_ns)?;
     reseed(&req.entropy)?;
-    tracing::info!(
+    tracing::debug!(
         entropy = req.entropy.len(),
         "restored: wall clock set, random pool reseeded"
     );

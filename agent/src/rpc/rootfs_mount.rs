@@ -44,7 +44,7 @@ pub fn mount_rootfs(spec: &RootfsSpec) -> Result<Option<MountedRootfs>, RpcError
         }
         return Err(mount_error(m, &spec.path, e));
     }
-    tracing::info!(path = %spec.path.display(), fstype = %m.fstype, "rootfs mounted");
+    tracing::debug!(path = %spec.path.display(), fstype = %m.fstype, "rootfs mounted");
     Ok(Some(MountedRootfs {
         path: spec.path.clone(),
         created_dir,

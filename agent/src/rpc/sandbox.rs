@@ -59,7 +59,7 @@ impl Sandbox {
         if !shared_fs_tag.is_empty() {
             self.mount_shared(shared_fs_tag)?;
         }
-        tracing::info!(sandbox = %sandbox_id, "sandbox created");
+        tracing::debug!(sandbox = %sandbox_id, "sandbox created");
         *current = Some(sandbox_id);
         Ok(())
     }
@@ -104,7 +104,7 @@ impl Sandbox {
             tracing::warn!("unmounting the shared directory: {e}");
         }
         let old = self.id.lock().unwrap_or_else(|p| p.into_inner()).take();
-        tracing::info!(sandbox = ?old, "sandbox destroyed");
+        tracing::debug!(sandbox = ?old, "sandbox destroyed");
     }
 
     /// Container RPCs need a sandbox to belong to.
