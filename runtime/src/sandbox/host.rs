@@ -23,6 +23,7 @@ const RECORD: &str = "host.json";
 /// How long a dead husk process's host cgroup may stay busy: within
 /// containerd's 5 s limit for the `delete` that releases it.
 const EXIT_PATIENCE: Duration = Duration::from_secs(3);
+
 /// The MTU every sandbox NIC offers (the most a pod may use): the guest
 /// reads it once, when its driver probes, so a template's card must offer
 /// any pod's; the agent then sets the pod's own.

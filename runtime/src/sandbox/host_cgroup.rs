@@ -14,8 +14,9 @@
 //! with `..`. On cgroup v1 the process joins the memory, cpu, cpuacct and
 //! pids hierarchies; on a pure v2 host the unified hierarchy. Directories
 //! husk created (and only those) are removed again, deepest first, after
-//! the process moved back to the root cgroup; `remove_recorded` does the
-//! same for a husk process that died.
+//! the process moved back to the root cgroup; `host::release_recorded`
+//! does the same for a husk process that died, giving its threads a few
+//! seconds to finish leaving.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -290,9 +291,10 @@ mod tests {
             eprintln!("SKIP a_dead_processs_cgroup_is_removed: needs root to create cgroups");
             return;
         }
-        // A child stands for the dead husk process still leaving.
+        // A child stands for the husk process, killed while the removal
+        // already waits.
         let mut child = std::process::Command::new("sleep")
-            .arg("0.5")
+            .arg("100")
             .spawn()
             .unwrap();
         let rel = relative_path(&format!("/husk-test-{}-exit/sandbox", child.id())).unwrap();
@@ -306,8 +308,13 @@ mod tests {
         cg.remove_created(Duration::ZERO);
         let leaves = || cg.joined.iter().filter(|(_, t)| t.exists()).count();
         assert_eq!(leaves(), cg.joined.len(), "a busy leaf stays");
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            child.kill().unwrap();
+            child.wait().unwrap();
+        });
         cg.remove_created(Duration::from_secs(5));
-        let _ = child.wait();
+        killer.join().unwrap();
         for dir in &cg.created {
             assert!(!dir.exists(), "{} left behind", dir.display());
         }
