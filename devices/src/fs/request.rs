@@ -4,7 +4,8 @@
 //! descriptor checked against guest memory) and handed to its `Server`.
 //! What the guest gets when things go wrong is decided here, once: a request
 //! the server could not answer gets an error reply with the request's
-//! `unique`; a chain without a readable FUSE header, or whose buffers lie
+//! `unique` (as does one whose readable buffers hold more than the header's
+//! length); a chain without a readable FUSE header, or whose buffers lie
 //! outside guest memory, is returned used with length 0 (dropped). Nothing
 //! here panics on guest data, so the device keeps serving. Fuzzing reaches
 //! this through `harness::FsHarness::send_on` (arbitrary chains, real queues).
@@ -54,6 +55,19 @@ fn serve(
     metrics
         .bytes_in
         .fetch_add(reader.available_bytes() as u64, Ordering::Relaxed);
+    if reader.available_bytes() > header.len as usize {
+        // Linux sends exactly the request; more is a guest sizing host
+        // buffers by its descriptors (FUSE_IOCTL allocates and fills what
+        // they hold, and they may all point at the same memory).
+        crate::debug_limited!(
+            opcode = header.opcode,
+            "virtio-fs: {} readable bytes for a request of {}",
+            reader.available_bytes(),
+            header.len
+        );
+        metrics.error_replies.fetch_add(1, Ordering::Relaxed);
+        return error_reply(mem, chain, header.unique, libc::EINVAL, metrics);
+    }
     let writer = match VirtioFsWriter::new(mem, chain.clone()) {
         Ok(writer) => Writer::from(writer),
         Err(e) => return dropped(metrics, &format!("unusable writable buffers: {e}")),

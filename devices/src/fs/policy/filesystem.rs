@@ -14,7 +14,7 @@ use fuse_backend_rs::api::filesystem::{
 };
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
-use super::{is_dir, Handle, Inode, PolicyFs};
+use super::{dir_buffer_len, is_dir, xattr_buffer_len, Handle, Inode, PolicyFs};
 
 impl FileSystem for PolicyFs {
     type Inode = Inode;
@@ -396,11 +396,12 @@ impl FileSystem for PolicyFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner
+            .getxattr(ctx, inode, name, xattr_buffer_len(size))
     }
 
     fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, xattr_buffer_len(size))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
@@ -425,6 +426,7 @@ impl FileSystem for PolicyFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let size = dir_buffer_len(size);
         self.inner
             .readdir(ctx, inode, handle, size, offset, add_entry)
     }
@@ -438,6 +440,7 @@ impl FileSystem for PolicyFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let size = dir_buffer_len(size);
         self.inner
             .readdirplus(ctx, inode, handle, size, offset, add_entry)
     }

@@ -19,6 +19,8 @@
 //! - No file capabilities: SETXATTR of `security.capability` gets EPERM,
 //!   with or without xattr support (the kernel itself removes the attribute
 //!   when a file's content changes, even for a privileged writer).
+//! - Host buffers sized by the guest are bounded: GETXATTR and LISTXATTR
+//!   by the kernel's 64 KiB xattr limit, READDIR by 1 MiB.
 //!
 //! Optional: the share's size limit (`space`): a write past it is cut short
 //! or gets ENOSPC, as are truncation and fallocate; fallocate with
@@ -47,6 +49,32 @@ type Handle = u64;
 const SUID_SGID: u32 = libc::S_ISUID | libc::S_ISGID;
 /// The one extended attribute the guest may never set.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
+/// The kernel's limit on an xattr value and on a name list (XATTR_SIZE_MAX,
+/// XATTR_LIST_MAX): no answer is longer.
+const XATTR_MAX: u32 = 64 * 1024;
+
+/// The buffer to give the passthrough for a GETXATTR or LISTXATTR of the
+/// guest's `size`. The passthrough allocates `size` bytes before asking the
+/// kernel, so a guest asking for 4 GiB made the device allocate 4 GiB; past
+/// the kernel's limit a bigger buffer cannot change the answer. Zero stays
+/// zero: it asks for the length.
+pub(super) fn xattr_buffer_len(size: u32) -> u32 {
+    size.min(XATTR_MAX)
+}
+
+/// The most directory data one READDIR reads from the host: fuse-backend-rs's
+/// largest request buffer (1 MiB); Linux's FUSE client asks for one page.
+const DIR_BUFFER_MAX: u32 = 1 << 20;
+
+/// The passthrough's getdents buffer for a READDIR of the guest's `size`,
+/// allocated before the call: the server only checks `size` against the
+/// reply's writable buffers, which a guest can make 4 GiB by pointing many
+/// descriptors at the same memory. A shorter answer is a normal one: the
+/// guest reads on from the last entry's offset.
+pub(super) fn dir_buffer_len(size: u32) -> u32 {
+    size.min(DIR_BUFFER_MAX)
+}
 
 /// The mode bits the guest may give: no setuid or setgid, except S_ISGID
 /// on a directory.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::fs::{CacheMode, FsConfig, FsDevice, FsError, MAX_REQUEST_QUEUES};
 use crate::virtio::VirtioDevice;
-use fuse_backend_rs::abi::fuse_abi::{FsOptions, OpenOptions};
+use fuse_backend_rs::abi::fuse_abi::{FsOptions, GetxattrOut, OpenOptions};
 
 fn config(dir: PathBuf) -> FsConfig {
     FsConfig {
@@ -214,4 +214,43 @@ fn xattrs_pass_through_only_when_enabled() {
     fs::write(h.host("f"), b"").unwrap();
     let node = h.lookup(ROOT, "f").unwrap().nodeid;
     assert_eq!(setxattr(&mut h, node, "user.husk", b"on"), libc::ENOSYS);
+}
+
+/// GETXATTR or LISTXATTR's args: the guest's buffer size, then padding.
+fn xattr_size(size: u32) -> Vec<u8> {
+    [size.to_le_bytes(), 0u32.to_le_bytes()].concat()
+}
+
+/// A guest may ask for an xattr value or the name list with any buffer
+/// size, up to 4 GiB; the device answers from a buffer of at most the
+/// kernel's 64 KiB limit (the passthrough allocates what it is asked for),
+/// and the answers are those of the kernel. The fuzz seed
+/// `fs_request/listxattr_4gib` is the allocation's own check.
+#[test]
+fn xattr_reads_of_any_buffer_size_answer_as_the_kernel_does() {
+    let mut h = FsHarness::with_config(|c| c.xattr = true);
+    fs::write(h.host("f"), b"").unwrap();
+    let node = h.lookup(ROOT, "f").unwrap().nodeid;
+    assert_eq!(setxattr(&mut h, node, "user.husk", b"on"), 0);
+    for size in [u32::MAX, 64 * 1024 + 1, 64 * 1024, 64] {
+        let args = xattr_size(size);
+        let value = h.call(Opcode::Getxattr, node, &[&args, &name("user.husk")]);
+        assert_eq!(value.bytes(), Ok(b"on".to_vec()), "GETXATTR of {size}");
+        let names = h.call(Opcode::Listxattr, node, &[&args]).bytes().unwrap();
+        let names: Vec<&[u8]> = names.split(|&b| b == 0).collect();
+        assert!(names.contains(&&b"user.husk"[..]), "LISTXATTR of {size}");
+    }
+    // Size 0 asks for the length.
+    let len = h.call(
+        Opcode::Getxattr,
+        node,
+        &[&xattr_size(0), &name("user.husk")],
+    );
+    assert_eq!(len.ok::<GetxattrOut>().map(|o| o.size), Ok(2));
+    let too_small = h.call(
+        Opcode::Getxattr,
+        node,
+        &[&xattr_size(1), &name("user.husk")],
+    );
+    assert_eq!(too_small.errno(), libc::ERANGE);
 }

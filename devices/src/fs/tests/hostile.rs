@@ -4,7 +4,7 @@
 use std::fs;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
 use crate::virtio::test_utils::MEM_SIZE;
@@ -320,5 +320,84 @@ fn opcodes_the_abi_skips_are_safe_with_log_records_bridged_at_every_level() {
         }
     });
     assert!(!log.contains("new req"), "{log}");
+    still_serves(&mut h);
+}
+
+/// A READDIR may ask for up to 4 GiB when its writable buffers are that
+/// big (descriptors may share memory); the host reads at most 1 MiB of
+/// directory per request (the passthrough allocates what is asked for), a
+/// shorter answer the guest reads on from.
+#[test]
+fn readdir_reads_at_most_a_mebibyte_of_directory_whatever_it_asks() {
+    let mut h = FsHarness::new();
+    // 8,000 names of 150 bytes: about 1.4 MiB of directory entries.
+    let total = 8000;
+    for i in 0..total {
+        fs::write(h.host(format!("{i:0>150}")), b"").unwrap();
+    }
+    let fh = h
+        .call(Opcode::Opendir, ROOT, &[OpenIn::default().as_slice()])
+        .ok::<OpenOut>()
+        .unwrap()
+        .fh;
+    let asked = 2 << 20;
+    let args = ReadIn {
+        fh,
+        size: asked,
+        ..Default::default()
+    };
+    let reply = h.call_with(
+        Opcode::Readdir,
+        ROOT,
+        &[args.as_slice()],
+        asked as usize + 4096,
+    );
+    assert_eq!(reply.errno(), 0);
+    assert!(reply.body.len() <= 1 << 20, "{} bytes", reply.body.len());
+    let names = parse_dirents(&reply.body, false);
+    assert!(
+        !names.is_empty() && names.len() < total,
+        "{} of {total} entries in one reply",
+        names.len()
+    );
+    still_serves(&mut h);
+}
+
+/// A request whose readable buffers hold more than its header's length is
+/// refused before the server sizes anything by them: FUSE_IOCTL allocated
+/// and filled its `in_size` (up to 4 GiB) from whatever the buffers held.
+#[test]
+fn readable_buffers_longer_than_the_request_get_an_error_reply() {
+    let mut h = FsHarness::new();
+    let q = REQUEST_QUEUE;
+    fs::write(h.host("i"), b"").unwrap();
+    let node = h.lookup(ROOT, "i").unwrap().nodeid;
+    let fh = h.open(node, libc::O_RDONLY).unwrap();
+    // fuse_ioctl_in: fh, flags, cmd, arg, in_size, out_size.
+    let ioctl = |in_size: u32| -> Vec<u8> {
+        [
+            &fh.to_le_bytes()[..],
+            &0u32.to_le_bytes(),
+            &0x5401u32.to_le_bytes(),
+            &0u64.to_le_bytes(),
+            &in_size.to_le_bytes(),
+            &0u32.to_le_bytes(),
+        ]
+        .concat()
+    };
+    let head = h.drv.next_head(q).unwrap();
+    let req = request(Opcode::Ioctl, node, 21, &[&ioctl(16 << 20)]);
+    let at = stage(&h, q, head, &req);
+    let out = h.drv.buf_addr(q, head + 1).0;
+    // One readable buffer of 32 MiB from the request on: the rest of it is
+    // other guest memory, as it would be for descriptors sharing memory.
+    let descs = [(at, 32 << 20, NEXT, head + 1), (out, 4096, WRITE, 0)];
+    assert!(at + (32 << 20) <= MEM_SIZE);
+    assert_eq!(h.send_raw(q, &descs), OUT_HEADER_LEN as u32);
+    let reply: OutHeader = h.drv.mem.read_obj(GuestAddress(out)).unwrap();
+    assert_eq!((reply.unique, reply.error), (21, -libc::EINVAL));
+    // The same IOCTL with exactly its own bytes reaches the filesystem.
+    let reply = h.call(Opcode::Ioctl, node, &[&ioctl(0)]);
+    assert_ne!(reply.errno(), libc::EINVAL, "an ioctl of the right size");
     still_serves(&mut h);
 }
