@@ -19,7 +19,7 @@ use super::dax::DaxWindow;
 use super::device::FsDevice;
 use super::request::serve_chain;
 use super::FsMetrics;
-use crate::virtio::ActiveQueues;
+use crate::virtio::{ActiveQueues, QUEUE_EVENTS};
 
 pub const PROCESS_ACTIVATE: u32 = 0;
 /// Token of queue 0; queue q uses `PROCESS_QUEUE_BASE + q`.
@@ -77,25 +77,26 @@ fn process_queue(
 impl MutEventSubscriber for FsDevice {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let token = events.data();
-        let evt = match token {
-            PROCESS_ACTIVATE => Some(&self.activate_evt),
-            _ => token
+        match token {
+            PROCESS_ACTIVATE => {
+                // Nonblocking: a spurious wake-up reads EAGAIN, which is harmless.
+                let _ = self.activate_evt.read();
+            }
+            // Queue eventfds are edge-triggered and never read (QUEUE_EVENTS).
+            _ if token
                 .checked_sub(PROCESS_QUEUE_BASE)
-                .and_then(|q| self.queue_evts.get(q as usize)),
-        };
-        let Some(evt) = evt else {
-            return tracing::warn!(token, "virtio-fs: event with an unknown token");
-        };
-        // Nonblocking: a spurious wake-up reads EAGAIN, which is harmless.
-        let _ = evt.read();
+                .is_some_and(|q| (q as usize) < self.queue_evts.len()) => {}
+            _ => return tracing::warn!(token, "virtio-fs: event with an unknown token"),
+        }
         self.handle(token);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         let queues = self.queue_evts.iter().zip(PROCESS_QUEUE_BASE..);
-        let registrations = std::iter::once((&self.activate_evt, PROCESS_ACTIVATE)).chain(queues);
-        for (evt, token) in registrations {
-            let events = Events::with_data_raw(evt.as_raw_fd(), token, EventSet::IN);
+        let queues = queues.map(|(evt, token)| (evt, token, QUEUE_EVENTS));
+        let activate = (&self.activate_evt, PROCESS_ACTIVATE, EventSet::IN);
+        for (evt, token, set) in std::iter::once(activate).chain(queues) {
+            let events = Events::with_data_raw(evt.as_raw_fd(), token, set);
             if let Err(e) = ops.add(events) {
                 tracing::error!(
                     token,

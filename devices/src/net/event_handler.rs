@@ -26,6 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::device::{NetDevice, TapRegistration, RXQ, TXQ};
 use super::rx::{buffers_available, process_rx, RxMode};
 use super::tx::process_tx;
+use crate::virtio::QUEUE_EVENTS;
 
 pub const PROCESS_RXQ: u32 = 0;
 pub const PROCESS_TXQ: u32 = 1;
@@ -122,9 +123,8 @@ fn tap_events(r: TapRegistration) -> Events {
 impl MutEventSubscriber for NetDevice {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let token = events.data();
+        // Queue eventfds are edge-triggered and never read (QUEUE_EVENTS).
         let evt = match token {
-            PROCESS_RXQ => Some(&self.queue_evts[RXQ]),
-            PROCESS_TXQ => Some(&self.queue_evts[TXQ]),
             PROCESS_ACTIVATE => Some(&self.activate_evt),
             PROCESS_BACKEND => Some(&self.backend_evt),
             _ => None,
@@ -151,7 +151,11 @@ impl MutEventSubscriber for NetDevice {
             (self.backend_evt.as_raw_fd(), PROCESS_BACKEND),
         ];
         for (fd, token) in registrations {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
+            let set = match token {
+                PROCESS_RXQ | PROCESS_TXQ => QUEUE_EVENTS,
+                _ => EventSet::IN,
+            };
+            if let Err(e) = ops.add(Events::with_data_raw(fd, token, set)) {
                 tracing::error!(token, "net: cannot register with the event manager: {e:?}");
             }
         }

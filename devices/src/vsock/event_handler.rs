@@ -21,7 +21,7 @@ use super::device::{VsockDevice, EVQ, RXQ, TXQ};
 use super::muxer::VsockMuxer;
 use super::packet::{RxBuffer, TxPacket};
 use super::VsockMetrics;
-use crate::virtio::ActiveQueues;
+use crate::virtio::{ActiveQueues, QUEUE_EVENTS};
 
 pub const PROCESS_RXQ: u32 = 0;
 pub const PROCESS_TXQ: u32 = 1;
@@ -180,16 +180,10 @@ pub(super) fn send_transport_reset(dev: &mut VsockDevice) -> bool {
 impl MutEventSubscriber for VsockDevice {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let token = events.data();
-        let evt = match token {
-            PROCESS_RXQ => Some(&self.queue_evts[RXQ]),
-            PROCESS_TXQ => Some(&self.queue_evts[TXQ]),
-            PROCESS_EVQ => Some(&self.queue_evts[EVQ]),
-            PROCESS_ACTIVATE => Some(&self.activate_evt),
-            _ => None,
-        };
-        if let Some(evt) = evt {
+        // Queue eventfds are edge-triggered and never read (QUEUE_EVENTS).
+        if token == PROCESS_ACTIVATE {
             // Nonblocking: a spurious wake-up reads EAGAIN, which is harmless.
-            let _ = evt.read();
+            let _ = self.activate_evt.read();
         }
         self.handle(token);
     }
@@ -203,7 +197,11 @@ impl MutEventSubscriber for VsockDevice {
             (self.muxer.epoll_fd(), PROCESS_BACKEND),
         ];
         for (fd, token) in registrations {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
+            let set = match token {
+                PROCESS_RXQ | PROCESS_TXQ | PROCESS_EVQ => QUEUE_EVENTS,
+                _ => EventSet::IN,
+            };
+            if let Err(e) = ops.add(Events::with_data_raw(fd, token, set)) {
                 tracing::error!(
                     token,
                     "vsock: cannot register with the event manager: {e:?}"
