@@ -52,17 +52,17 @@ fn serve(
         return dropped(metrics, "no complete FUSE request header");
     };
     metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let readable = reader.available_bytes();
     metrics
         .bytes_in
-        .fetch_add(reader.available_bytes() as u64, Ordering::Relaxed);
-    if reader.available_bytes() > header.len as usize {
+        .fetch_add(readable as u64, Ordering::Relaxed);
+    if readable > header.len as usize {
         // Linux sends exactly the request; more is a guest sizing host
         // buffers by its descriptors (FUSE_IOCTL allocates and fills what
         // they hold, and they may all point at the same memory).
         crate::debug_limited!(
             opcode = header.opcode,
-            "virtio-fs: {} readable bytes for a request of {}",
-            reader.available_bytes(),
+            "virtio-fs: {readable} readable bytes for a request of {}",
             header.len
         );
         metrics.error_replies.fetch_add(1, Ordering::Relaxed);

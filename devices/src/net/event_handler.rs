@@ -145,16 +145,16 @@ impl MutEventSubscriber for NetDevice {
 
     fn init(&mut self, ops: &mut EventOps) {
         let registrations = [
-            (self.queue_evts[RXQ].as_raw_fd(), PROCESS_RXQ),
-            (self.queue_evts[TXQ].as_raw_fd(), PROCESS_TXQ),
-            (self.activate_evt.as_raw_fd(), PROCESS_ACTIVATE),
-            (self.backend_evt.as_raw_fd(), PROCESS_BACKEND),
+            (self.queue_evts[RXQ].as_raw_fd(), PROCESS_RXQ, QUEUE_EVENTS),
+            (self.queue_evts[TXQ].as_raw_fd(), PROCESS_TXQ, QUEUE_EVENTS),
+            (
+                self.activate_evt.as_raw_fd(),
+                PROCESS_ACTIVATE,
+                EventSet::IN,
+            ),
+            (self.backend_evt.as_raw_fd(), PROCESS_BACKEND, EventSet::IN),
         ];
-        for (fd, token) in registrations {
-            let set = match token {
-                PROCESS_RXQ | PROCESS_TXQ => QUEUE_EVENTS,
-                _ => EventSet::IN,
-            };
+        for (fd, token, set) in registrations {
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, set)) {
                 tracing::error!(token, "net: cannot register with the event manager: {e:?}");
             }

@@ -190,17 +190,17 @@ impl MutEventSubscriber for VsockDevice {
 
     fn init(&mut self, ops: &mut EventOps) {
         let registrations = [
-            (self.queue_evts[RXQ].as_raw_fd(), PROCESS_RXQ),
-            (self.queue_evts[TXQ].as_raw_fd(), PROCESS_TXQ),
-            (self.queue_evts[EVQ].as_raw_fd(), PROCESS_EVQ),
-            (self.activate_evt.as_raw_fd(), PROCESS_ACTIVATE),
-            (self.muxer.epoll_fd(), PROCESS_BACKEND),
+            (self.queue_evts[RXQ].as_raw_fd(), PROCESS_RXQ, QUEUE_EVENTS),
+            (self.queue_evts[TXQ].as_raw_fd(), PROCESS_TXQ, QUEUE_EVENTS),
+            (self.queue_evts[EVQ].as_raw_fd(), PROCESS_EVQ, QUEUE_EVENTS),
+            (
+                self.activate_evt.as_raw_fd(),
+                PROCESS_ACTIVATE,
+                EventSet::IN,
+            ),
+            (self.muxer.epoll_fd(), PROCESS_BACKEND, EventSet::IN),
         ];
-        for (fd, token) in registrations {
-            let set = match token {
-                PROCESS_RXQ | PROCESS_TXQ | PROCESS_EVQ => QUEUE_EVENTS,
-                _ => EventSet::IN,
-            };
+        for (fd, token, set) in registrations {
             if let Err(e) = ops.add(Events::with_data_raw(fd, token, set)) {
                 tracing::error!(
                     token,
