@@ -147,8 +147,8 @@ mod tests {
 
     #[test]
     fn every_call_is_counted_and_round_trips_are_timed() {
-        let path = std::env::temp_dir().join(format!("husk-agent-timed-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
         let address = format!("unix://{}", path.display());
         let mut server = ttrpc::Server::new()
             .bind(&address)
@@ -187,7 +187,6 @@ mod tests {
             "the wait is not a round trip"
         );
         server.shutdown();
-        let _ = std::fs::remove_file(&path);
     }
 
     /// The connection goes with the last clone of its client, and not

@@ -126,11 +126,11 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     /// A fake bridge that answers the first CONNECT line with `answer`
-    /// (or closes the connection when it is `None`).
-    fn bridge(name: &str, answer: Option<&'static [u8]>) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("husk-agent-client-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+    /// (or closes the connection when it is `None`); its socket goes with
+    /// the directory, even when a test fails.
+    fn bridge(answer: Option<&'static [u8]>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.sock");
         let listener = UnixListener::bind(&path).unwrap();
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
@@ -143,44 +143,40 @@ mod tests {
                 let _ = s.read(&mut [0u8; 1]);
             }
         });
-        path
+        (dir, path)
     }
 
     const T: Duration = Duration::from_secs(30);
 
     #[test]
     fn ok_hands_over_the_stream_without_eating_bytes() {
-        let uds = bridge("ok", Some(b"OK 1073741824\nTTRPC"));
+        let (_dir, uds) = bridge(Some(b"OK 1073741824\nTTRPC"));
         let mut s = connect_vsock(&uds, 1024, T).unwrap();
         let mut rest = [0u8; 5];
         s.read_exact(&mut rest).unwrap();
         assert_eq!(&rest, b"TTRPC");
-        std::fs::remove_file(uds).unwrap();
     }
 
     #[test]
     fn a_closed_connection_says_nothing_listens() {
-        let uds = bridge("closed", None);
+        let (_dir, uds) = bridge(None);
         let err = connect_vsock(&uds, 1024, T).unwrap_err();
         assert!(
             matches!(err, AgentConnectError::Closed { port: 1024, .. }),
             "{err}"
         );
         assert!(err.to_string().contains("nothing listens"), "{err}");
-        std::fs::remove_file(uds).unwrap();
     }
 
     #[test]
     fn a_wrong_or_endless_answer_is_refused() {
-        let uds = bridge("wrong", Some(b"NO 1\n"));
+        let (_dir, uds) = bridge(Some(b"NO 1\n"));
         let err = connect_vsock(&uds, 1024, T).unwrap_err();
         assert!(err.to_string().contains("\"NO 1\""), "{err}");
-        std::fs::remove_file(uds).unwrap();
 
-        let uds = bridge("endless", Some(&[b'O'; 4096]));
+        let (_dir, uds) = bridge(Some(&[b'O'; 4096]));
         let err = connect_vsock(&uds, 1024, T).unwrap_err();
         assert!(matches!(err, AgentConnectError::BadReply { .. }), "{err}");
-        std::fs::remove_file(uds).unwrap();
     }
 
     #[test]

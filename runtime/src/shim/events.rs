@@ -210,8 +210,9 @@ mod tests {
 
     #[test]
     fn events_reach_containerd_and_an_idle_publisher_keeps_no_connection() {
-        let path = std::env::temp_dir().join(format!("husk-events-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        // The socket goes with the directory, even when the test fails.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.sock");
         let (tx, topics) = mpsc::channel();
         let mut server = ttrpc::Server::new()
             .bind(&format!("unix://{}", path.display()))
@@ -229,6 +230,5 @@ mod tests {
             wait_for("the connection to close", || publisher_threads() == 1);
         }
         server.shutdown();
-        let _ = std::fs::remove_file(&path);
     }
 }

@@ -10,7 +10,7 @@
 //! run (p50/p90 and the ratio), after one untimed husk run; then one idle
 //! husk pod (`sleep`) and its husk process's PSS, split the same way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -73,27 +73,39 @@ pub fn run(args: StartBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Cold boot vs restore to agent-ready, then N idle VMs of each kind.
+/// Cold boot vs restore to agent-ready, then N idle VMs of each kind. The
+/// VMs' state directory goes when the bench ends, however it ends.
 fn vm_figures(
     args: &StartBenchArgs,
     config: &husk_runtime::config::HuskConfig,
 ) -> anyhow::Result<()> {
+    let state = std::env::temp_dir().join(format!("husk-bench-vms-{}", std::process::id()));
+    // The VMs are the inner function's, so they are gone when it returns.
+    let figures = vm_figures_in(args, config, &state);
+    let _ = std::fs::remove_dir_all(&state);
+    figures
+}
+
+fn vm_figures_in(
+    args: &StartBenchArgs,
+    config: &husk_runtime::config::HuskConfig,
+    state: &Path,
+) -> anyhow::Result<()> {
     eprintln!("bench start: the template (made now if missing: one cold boot)");
     let template = clones::template_of(config)?;
-    let state = std::env::temp_dir().join(format!("husk-bench-vms-{}", std::process::id()));
     let timeout = Duration::from_secs(config.runtime.boot_timeout_secs);
     let mut cold_vms = Vec::new();
     let mut cold_secs = Vec::new();
     for i in 0..args.vms {
         eprintln!("bench start: cold-booting VM {}/{}", i + 1, args.vms);
-        let (vm, took) = clones::cold(&args.config, &state, &format!("cold{i}"), timeout)?;
+        let (vm, took) = clones::cold(&args.config, state, &format!("cold{i}"), timeout)?;
         cold_secs.push(took.as_secs_f64());
         cold_vms.push(vm);
     }
     let mut clone_vms = Vec::new();
     let mut restore_secs = Vec::new();
     for i in 0..args.vms {
-        let (vm, took) = clones::restored(&args.config, &state, &format!("clone{i}"), &template)?;
+        let (vm, took) = clones::restored(&args.config, state, &format!("clone{i}"), &template)?;
         restore_secs.push(took.as_secs_f64());
         clone_vms.push(vm);
     }
@@ -103,7 +115,6 @@ fn vm_figures(
     let (clone_total, clone_guest) = clones::memory(&clone_vms, g)?;
     drop(cold_vms);
     drop(clone_vms);
-    let _ = std::fs::remove_dir_all(&state);
     let (c50, r50) = (percentile(&cold_secs, 50), percentile(&restore_secs, 50));
     println!(
         "sandbox VM start to agent-ready ({} each, 1 vCPU, {} MiB)",

@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn finds_the_kernel_release_in_an_image() {
-        let path = std::env::temp_dir().join(format!("husk-fake-vmlinux-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmlinux");
         let mut image = vec![0u8; 5000];
         image.extend_from_slice(b"Linux version 6.12.48-husk (root@b) #1 SMP\n\0");
         image.extend_from_slice(&[0u8; 100]);
@@ -100,6 +101,5 @@ mod tests {
         assert_eq!(kernel_version(&path).as_deref(), Some("6.12.48-husk"));
         std::fs::write(&path, b"no version here").unwrap();
         assert_eq!(kernel_version(&path), None);
-        std::fs::remove_file(&path).unwrap();
     }
 }
