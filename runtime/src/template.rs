@@ -172,7 +172,8 @@ fn checked_agent(work: &SandboxDir) -> Result<AgentClient, SandboxError> {
 /// mtime: cheap, and any rewrite changes them), size, the sandbox VM's
 /// command line and devices, the compat profile this host gets (its words
 /// end the kernel command line, which the agent reads at boot), husk and
-/// the template format.
+/// the template format. Not the compat mode: it only chooses the profile,
+/// and modes that give this host the same one share a template.
 fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
     let g = &config.guest;
     let image = match g.boot {
@@ -192,11 +193,10 @@ fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
         ));
     }
     h.update(format!(
-        "{} {} {:?} {:?} {}",
+        "{} {} {:?} {}",
         size.vcpus,
         size.mem_bytes,
         g.boot,
-        g.compat,
         env!("CARGO_PKG_VERSION")
     ));
     h.update(sandbox_vm_signature(config, size));
@@ -208,4 +208,42 @@ fn key(config: &HuskConfig, size: VmSize) -> Result<String, SandboxError> {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_vmm::{CompatMode, CompatProfile, HostKvm};
+
+    #[test]
+    fn the_template_key_follows_the_compat_profile_not_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = HuskConfig::default();
+        config.guest.kernel = dir.path().join("vmlinux");
+        config.guest.image = dir.path().join("rootfs.img");
+        std::fs::write(&config.guest.kernel, b"a kernel").unwrap();
+        std::fs::write(&config.guest.image, b"an image").unwrap();
+        let size = VmSize {
+            vcpus: 1,
+            mem_bytes: 256 << 20,
+        };
+        let key_with = |mode| {
+            let mut c = config.clone();
+            c.guest.compat = mode;
+            key(&c, size).unwrap()
+        };
+        // On this host, `auto` gives the profile of one explicit mode.
+        let profiled = CompatProfile::select(CompatMode::Auto, HostKvm::detect()).is_some();
+        let (same, other) = if profiled {
+            (CompatMode::On, CompatMode::Off)
+        } else {
+            (CompatMode::Off, CompatMode::On)
+        };
+        let auto = key_with(CompatMode::Auto);
+        assert_eq!(auto, key_with(same), "same profile, another template");
+        assert_ne!(auto, key_with(other), "another profile, the same template");
+        // The key still follows what the template is made of.
+        std::fs::write(&config.guest.image, b"another image").unwrap();
+        assert_ne!(auto, key_with(CompatMode::Auto), "a rewritten image");
+    }
 }
