@@ -84,6 +84,12 @@ macro_rules! agent_calls {
                 ) -> ttrpc::Result<agent::$resp> {
                     let started = Instant::now();
                     let result = self.client.$method(ctx, req);
+                    tracing::trace!(
+                        call = stringify!($method),
+                        ok = result.is_ok(),
+                        took_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "agent call"
+                    );
                     self.metrics.record(
                         stringify!($method),
                         result.is_ok(),
