@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What seccomp costs a real guest's virtio-fs work: `husk run` of a busybox
+# What seccomp costs a real guest's device work: `husk run` of a busybox
 # container that creates files, looks up missing ones and writes a file on
-# its rootfs (virtio-fs), timed inside the guest, with runtime.seccomp off
-# and on, alternating, and the medians and their ratio (on / off).
+# its rootfs (virtio-fs), then writes to its stdout (carried by the agent
+# over vsock), timed inside the guest, with runtime.seccomp off and on,
+# alternating, and the medians and their ratio (on / off).
 #
 #   ci/bench-seccomp-guest.sh [RUNS] [FILES] [MIB]     (default 3 200 4)
 #
@@ -32,8 +33,11 @@ i=0; while [ \$i -lt $files ]; do [ -e /w/missing\$i ]; i=\$((i+1)); done
 t2=\$(ms)
 dd if=/dev/zero of=/w/big bs=1M count=$mib 2>/dev/null
 t3=\$(ms)
+dd if=/dev/zero bs=1M count=$mib 2>/dev/null | tr '\\0' x
+t4=\$(ms)
 rm -rf /w
-echo "RESULT \$((t1-t0)) \$((t2-t1)) \$((t3-t2))"
+echo
+echo "RESULT \$((t1-t0)) \$((t2-t1)) \$((t3-t2)) \$((t4-t3))"
 EOF
 echo "bench seccomp-guest: $runs runs each, $files files, $mib MiB; host: $(nproc) CPUs, $(uname -r)" >&2
 for r in $(seq "$runs"); do
@@ -44,7 +48,7 @@ for r in $(seq "$runs"); do
   done
 done
 awk -v files="$files" -v mib="$mib" '
-  { n[$1]++; c[$1, n[$1]] = $2; l[$1, n[$1]] = $3; w[$1, n[$1]] = $4 }
+  { n[$1]++; c[$1, n[$1]] = $2; l[$1, n[$1]] = $3; w[$1, n[$1]] = $4; o[$1, n[$1]] = $5 }
   function median(a, m, k,   i, j, t, v) {
     for (i = 1; i <= k; i++) v[i] = a[m, i]
     for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
@@ -52,11 +56,12 @@ awk -v files="$files" -v mib="$mib" '
   }
   END {
     printf "%-22s %10s %10s %8s\n", "median (ms)", "off", "on", "on/off"
-    split("create " files " files|look up " files " missing|write " mib " MiB", name, "|")
-    for (f = 1; f <= 3; f++) {
+    split("create " files " files|look up " files " missing|write " mib " MiB|stdout " mib " MiB", name, "|")
+    for (f = 1; f <= 4; f++) {
       if (f == 1) { off = median(c, "off", n["off"]); on = median(c, "on", n["on"]) }
       if (f == 2) { off = median(l, "off", n["off"]); on = median(l, "on", n["on"]) }
       if (f == 3) { off = median(w, "off", n["off"]); on = median(w, "on", n["on"]) }
+      if (f == 4) { off = median(o, "off", n["off"]); on = median(o, "on", n["on"]) }
       printf "%-22s %10d %10d %8.3f\n", name[f], off, on, on / off
     }
   }' "$work/results"
