@@ -7,7 +7,7 @@
 #
 #   ci/bench-seccomp-guest.sh [RUNS] [FILES] [MIB]     (default 3 200 4)
 #
-# Sets everything up as `make run` does. A run takes about 80 s here with
+# Sets everything up as `make run` does. A run takes about 2 minutes here with
 # the defaults: each guest round trip is mostly emulated guest kernel work.
 set -euo pipefail
 runs=${1:-3} files=${2:-200} mib=${3:-4}
