@@ -19,7 +19,7 @@ use super::dax::DaxWindow;
 use super::device::FsDevice;
 use super::request::serve_chain;
 use super::FsMetrics;
-use crate::virtio::{ActiveQueues, QUEUE_EVENTS};
+use crate::virtio::{register_events, ActiveQueues, QUEUE_EVENTS};
 
 pub const PROCESS_ACTIVATE: u32 = 0;
 /// Token of queue 0; queue q uses `PROCESS_QUEUE_BASE + q`.
@@ -93,16 +93,12 @@ impl MutEventSubscriber for FsDevice {
 
     fn init(&mut self, ops: &mut EventOps) {
         let queues = self.queue_evts.iter().zip(PROCESS_QUEUE_BASE..);
-        let queues = queues.map(|(evt, token)| (evt, token, QUEUE_EVENTS));
-        let activate = (&self.activate_evt, PROCESS_ACTIVATE, EventSet::IN);
-        for (evt, token, set) in std::iter::once(activate).chain(queues) {
-            let events = Events::with_data_raw(evt.as_raw_fd(), token, set);
-            if let Err(e) = ops.add(events) {
-                tracing::error!(
-                    token,
-                    "virtio-fs: cannot register with the event manager: {e:?}"
-                );
-            }
-        }
+        let queues = queues.map(|(evt, token)| (evt.as_raw_fd(), token, QUEUE_EVENTS));
+        let activate = (
+            self.activate_evt.as_raw_fd(),
+            PROCESS_ACTIVATE,
+            EventSet::IN,
+        );
+        register_events(ops, "virtio-fs", std::iter::once(activate).chain(queues));
     }
 }

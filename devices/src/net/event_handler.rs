@@ -26,7 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use super::device::{NetDevice, TapRegistration, RXQ, TXQ};
 use super::rx::{buffers_available, process_rx, RxMode};
 use super::tx::process_tx;
-use crate::virtio::QUEUE_EVENTS;
+use crate::virtio::{register_events, QUEUE_EVENTS};
 
 pub const PROCESS_RXQ: u32 = 0;
 pub const PROCESS_TXQ: u32 = 1;
@@ -154,11 +154,7 @@ impl MutEventSubscriber for NetDevice {
             ),
             (self.backend_evt.as_raw_fd(), PROCESS_BACKEND, EventSet::IN),
         ];
-        for (fd, token, set) in registrations {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, token, set)) {
-                tracing::error!(token, "net: cannot register with the event manager: {e:?}");
-            }
-        }
+        register_events(ops, "net", registrations);
         self.sync_tap(ops);
     }
 }

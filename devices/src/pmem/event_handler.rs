@@ -16,7 +16,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::device::PmemDevice;
 use super::{PmemMetrics, VIRTIO_PMEM_REQ_TYPE_FLUSH, VIRTIO_PMEM_RESP_EIO, VIRTIO_PMEM_RESP_OK};
-use crate::virtio::{ActiveQueues, GuestMemory};
+use crate::virtio::{register_events, ActiveQueues, GuestMemory};
 
 pub const PROCESS_REQUESTS: u32 = 0;
 pub const PROCESS_ACTIVATE: u32 = 1;
@@ -110,10 +110,9 @@ impl MutEventSubscriber for PmemDevice {
             (self.queue_evts[0].as_raw_fd(), PROCESS_REQUESTS),
             (self.activate_evt.as_raw_fd(), PROCESS_ACTIVATE),
         ];
-        for (fd, token) in registrations {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
-                tracing::error!(token, "pmem: cannot register with the event manager: {e:?}");
-            }
-        }
+        // Level-triggered, queue too: pmem reads its eventfds (it is kicked
+        // only on a flush).
+        let registrations = registrations.map(|(fd, token)| (fd, token, EventSet::IN));
+        register_events(ops, "pmem", registrations);
     }
 }

@@ -33,6 +33,24 @@ pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
 pub const QUEUE_EVENTS: event_manager::EventSet =
     event_manager::EventSet::IN.union(event_manager::EventSet::EDGE_TRIGGERED);
 
+/// Registers a device's eventfds with its event manager, each as
+/// (fd, token, events). A refusal is logged naming the device and token:
+/// the device then never hears of that fd, so the guest sees a stalled queue.
+pub fn register_events(
+    ops: &mut event_manager::EventOps,
+    device: &str,
+    registrations: impl IntoIterator<Item = (std::os::fd::RawFd, u32, event_manager::EventSet)>,
+) {
+    for (fd, token, set) in registrations {
+        if let Err(e) = ops.add(event_manager::Events::with_data_raw(fd, token, set)) {
+            tracing::error!(
+                token,
+                "{device}: cannot register with the event manager: {e:?}"
+            );
+        }
+    }
+}
+
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
     pub const ACKNOWLEDGE: u32 = 1;

@@ -21,7 +21,7 @@ use super::device::{VsockDevice, EVQ, RXQ, TXQ};
 use super::muxer::VsockMuxer;
 use super::packet::{RxBuffer, TxPacket};
 use super::VsockMetrics;
-use crate::virtio::{ActiveQueues, QUEUE_EVENTS};
+use crate::virtio::{register_events, ActiveQueues, QUEUE_EVENTS};
 
 pub const PROCESS_RXQ: u32 = 0;
 pub const PROCESS_TXQ: u32 = 1;
@@ -200,13 +200,6 @@ impl MutEventSubscriber for VsockDevice {
             ),
             (self.muxer.epoll_fd(), PROCESS_BACKEND, EventSet::IN),
         ];
-        for (fd, token, set) in registrations {
-            if let Err(e) = ops.add(Events::with_data_raw(fd, token, set)) {
-                tracing::error!(
-                    token,
-                    "vsock: cannot register with the event manager: {e:?}"
-                );
-            }
-        }
+        register_events(ops, "vsock", registrations);
     }
 }
