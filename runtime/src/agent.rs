@@ -84,16 +84,18 @@ macro_rules! agent_calls {
                 ) -> ttrpc::Result<agent::$resp> {
                     let started = Instant::now();
                     let result = self.client.$method(ctx, req);
+                    // One reading for the log and the metrics, so they agree.
+                    let (ok, took) = (result.is_ok(), started.elapsed());
                     tracing::trace!(
                         call = stringify!($method),
-                        ok = result.is_ok(),
-                        took_ms = started.elapsed().as_secs_f64() * 1e3,
+                        ok,
+                        took_ms = took.as_secs_f64() * 1e3,
                         "agent call"
                     );
                     self.metrics.record(
                         stringify!($method),
-                        result.is_ok(),
-                        started.elapsed(),
+                        ok,
+                        took,
                         agent_calls!(@round_trip $kind),
                     );
                     result
