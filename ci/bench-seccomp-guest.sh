@@ -48,20 +48,19 @@ for r in $(seq "$runs"); do
   done
 done
 awk -v files="$files" -v mib="$mib" '
-  { n[$1]++; c[$1, n[$1]] = $2; l[$1, n[$1]] = $3; w[$1, n[$1]] = $4; o[$1, n[$1]] = $5 }
-  function median(a, m, k,   i, j, t, v) {
-    for (i = 1; i <= k; i++) v[i] = a[m, i]
-    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-    return k % 2 ? v[(k + 1) / 2] : (v[k / 2] + v[k / 2 + 1]) / 2
+  # A line: mode, then one figure per measure; v[mode, measure, run].
+  { n[$1]++; for (f = 2; f <= NF; f++) v[$1, f - 1, n[$1]] = $f }
+  function median(mode, f,   k, i, j, t, a) {
+    k = n[mode]
+    for (i = 1; i <= k; i++) a[i] = v[mode, f, i]
+    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
   }
   END {
     printf "%-22s %10s %10s %8s\n", "median (ms)", "off", "on", "on/off"
-    split("create " files " files|look up " files " missing|write " mib " MiB|stdout " mib " MiB", name, "|")
-    for (f = 1; f <= 4; f++) {
-      if (f == 1) { off = median(c, "off", n["off"]); on = median(c, "on", n["on"]) }
-      if (f == 2) { off = median(l, "off", n["off"]); on = median(l, "on", n["on"]) }
-      if (f == 3) { off = median(w, "off", n["off"]); on = median(w, "on", n["on"]) }
-      if (f == 4) { off = median(o, "off", n["off"]); on = median(o, "on", n["on"]) }
+    m = split("create " files " files|look up " files " missing|write " mib " MiB|stdout " mib " MiB", name, "|")
+    for (f = 1; f <= m; f++) {
+      off = median("off", f); on = median("on", f)
       printf "%-22s %10d %10d %8.3f\n", name[f], off, on, on / off
     }
   }' "$work/results"
