@@ -1,19 +1,27 @@
 //! What seccomp costs the devices: the vsock and virtio-fs devices driven
 //! through their harnesses (real device, real event loop, host sockets and
-//! files; a scripted guest in mock memory) on a thread confined as husk's
-//! device thread is (the runtime's filter, which it inherits, then the
-//! devices' own), against the same work on an unconfined thread, in the
-//! same run. Runs alternate off/on so drift hits both; the
-//! figure is the median of each, and their ratio. Two bare system calls
-//! show where a small operation's extra time comes from: seccomp's cost on
-//! every call the kernel's action cache allows without running a filter
-//! (getpid), and on a call whose arguments both filters check (ioctl).
+//! files; a scripted guest in mock memory), confined as husk's device
+//! thread is (the runtime's filter, which it inherits, then the devices'
+//! own), against the same work unconfined, in the same run. Runs alternate
+//! off/on so drift hits both; the figure is the median of each, and their
+//! ratio.
+//!
+//! Two shapes. On one thread: the device's loop runs inline, stepped by the
+//! scripted guest, so the confined thread makes the device's calls and the
+//! guest's and host side's too (the queue kick, the extra epoll that finds
+//! the loop idle, the host socket's reads and writes). As in a VM: the
+//! device's loop runs on a thread of its own, blocking in epoll as husk's
+//! device thread does, and only that thread is confined; the guest (KVM's
+//! part in a VM, where a kick and an interrupt are eventfds the kernel
+//! signals) and the host side run unconfined on the bench's thread and poll
+//! the rings and the socket. Two bare system calls show where a small
+//! operation's extra time comes from: seccomp's cost on every call the
+//! kernel's action cache allows without running a filter (getpid), and on a
+//! call whose arguments both filters check (ioctl).
 //!
 //! Run: `cargo bench -p husk-runtime --bench seccomp`. The filters are
-//! built and installed as husk does it (`ThreadFilter::compile`, `install`), after
-//! the harness is set up, so only the timed work runs confined: the
-//! device's own calls and the scripted guest's (which stay within the
-//! list: reads and writes on the host socket, epoll).
+//! built and installed as husk does it (`ThreadFilter::compile`, `install`),
+//! after the harness is set up, so only the timed work runs confined.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +55,53 @@ fn on_thread<S>(
         .join()
         .expect("the bench thread")
     })
+}
+
+/// Where the device's event loop runs while the work is timed.
+#[derive(Clone, Copy)]
+enum Shape {
+    OneThread,
+    AsInVm,
+}
+
+/// A harness whose device loop can move to a thread of its own.
+trait DeviceHarness {
+    fn run_device_on_thread(&mut self, confine: impl FnOnce() + Send + 'static);
+}
+
+impl DeviceHarness for GuestStream {
+    fn run_device_on_thread(&mut self, confine: impl FnOnce() + Send + 'static) {
+        GuestStream::run_device_on_thread(self, confine);
+    }
+}
+
+impl DeviceHarness for (FsHarness, u64, u64) {
+    fn run_device_on_thread(&mut self, confine: impl FnOnce() + Send + 'static) {
+        self.0.run_device_on_thread(confine);
+    }
+}
+
+/// Builds a harness and times the work on it in `shape`, the device
+/// confined by `filters` when given.
+fn shaped<S: DeviceHarness + Send>(
+    shape: Shape,
+    filters: Option<&[ThreadFilter]>,
+    build: impl FnOnce() -> S + Send,
+    time: impl FnOnce(S) -> Duration + Send,
+) -> Duration {
+    match shape {
+        Shape::OneThread => on_thread(filters, build, time),
+        Shape::AsInVm => {
+            let mut state = build();
+            let filters = filters.map(<[_]>::to_vec).unwrap_or_default();
+            state.run_device_on_thread(move || {
+                for f in &filters {
+                    f.install().expect("installing a seccomp filter");
+                }
+            });
+            time(state)
+        }
+    }
 }
 
 /// An fs harness with a file of FS_FILE_BYTES: its node and an open handle.
@@ -117,7 +172,9 @@ struct Figure {
     unit: &'static str,
     /// Turns a run's duration into the figure (higher is better when a rate).
     value: fn(Duration) -> f64,
-    run: fn(Option<&[ThreadFilter]>) -> Duration,
+    run: fn(Shape, Option<&[ThreadFilter]>) -> Duration,
+    /// Whether it drives a device (and so has both shapes).
+    device: bool,
 }
 
 fn mib_per_s(bytes: usize, d: Duration) -> f64 {
@@ -129,67 +186,84 @@ const FIGURES: &[Figure] = &[
         name: "vsock host->guest 64K",
         unit: "MiB/s",
         value: |d| mib_per_s(VSOCK_BYTES, d),
-        run: |f| {
-            on_thread(
+        run: |shape, f| {
+            shaped(
+                shape,
                 f,
                 || GuestStream::new(1),
                 |s| s.time_to_guest(65536, VSOCK_BYTES),
             )
         },
+        device: true,
     },
     Figure {
         name: "vsock guest->host 64K",
         unit: "MiB/s",
         value: |d| mib_per_s(VSOCK_BYTES, d),
-        run: |f| {
-            on_thread(
+        run: |shape, f| {
+            shaped(
+                shape,
                 f,
                 || GuestStream::new(2),
                 |s| s.time_to_host(65536, VSOCK_BYTES),
             )
         },
+        device: true,
     },
     Figure {
         name: "vsock round trip 4K",
         unit: "us",
         value: |d| d.as_secs_f64() * 1e6,
-        run: |f| on_thread(f, || GuestStream::new(1), |s| s.time_round_trip(4096, 2000)),
+        run: |shape, f| {
+            shaped(
+                shape,
+                f,
+                || GuestStream::new(1),
+                |s| s.time_round_trip(4096, 2000),
+            )
+        },
+        device: true,
     },
     Figure {
         name: "fs READ 128K",
         unit: "MiB/s",
         value: |d| mib_per_s(FS_FILE_BYTES, d),
-        run: |f| on_thread(f, fs_with_file, fs_read),
+        run: |shape, f| shaped(shape, f, fs_with_file, fs_read),
+        device: true,
     },
     Figure {
         name: "fs WRITE 128K",
         unit: "MiB/s",
         value: |d| mib_per_s(FS_FILE_BYTES, d),
-        run: |f| on_thread(f, fs_with_file, fs_write),
+        run: |shape, f| shaped(shape, f, fs_with_file, fs_write),
+        device: true,
     },
     Figure {
         name: "fs GETATTR",
         unit: "us",
         value: |d| d.as_secs_f64() * 1e6,
-        run: |f| on_thread(f, fs_with_file, fs_getattr),
+        run: |shape, f| shaped(shape, f, fs_with_file, fs_getattr),
+        device: true,
     },
     Figure {
         name: "syscall getpid",
         unit: "ns",
         value: |d| d.as_secs_f64() * 1e9,
-        run: |f| on_thread(f, || (), getpid_call),
+        run: |_, f| on_thread(f, || (), getpid_call),
+        device: false,
     },
     Figure {
         name: "syscall ioctl FIONBIO",
         unit: "ns",
         value: |d| d.as_secs_f64() * 1e9,
-        run: |f| {
+        run: |_, f| {
             on_thread(
                 f,
                 || std::os::unix::net::UnixDatagram::unbound().expect("a socket"),
                 fionbio_call,
             )
         },
+        device: false,
     },
 ];
 
@@ -205,33 +279,32 @@ fn spread(v: &[f64]) -> f64 {
     (hi - lo) / median(v.to_vec()) * 100.0
 }
 
-fn main() {
-    let runtime = ThreadFilter::compile(ThreadKind::Runtime, runtime_allowlist())
-        .expect("compiling the runtime's filter");
-    let devices = VmFilters::compile()
-        .expect("compiling the VM's filters")
-        .devices;
-    let device_thread = [runtime, devices];
+/// The CPU model and count the figures come from.
+fn host() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .and_then(|l| l.split(':').nth(1))
-        .map_or("unknown CPU", str::trim);
+        .map_or("unknown CPU", str::trim)
+        .to_owned();
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    println!(
-        "devices with and without the device thread's seccomp filters, on {model}, {cpus} CPUs"
-    );
-    println!("{ROUNDS} alternating runs each; median, and spread (max-min)/median of each side\n");
+    format!("{model}, {cpus} CPUs")
+}
+
+/// Runs each figure ROUNDS times off and on, alternating, in `shape`, and
+/// prints a row per figure.
+fn table(title: &str, shape: Shape, figures: &[&Figure], filters: &[ThreadFilter]) {
+    println!("\n{title}");
     println!(
         "{:<24} {:>6} {:>11} {:>7} {:>11} {:>7} {:>9}",
         "figure", "unit", "off", "spread", "on", "spread", "on/off"
     );
-    for f in FIGURES {
+    for f in figures {
         let (mut off, mut on) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            off.push((f.value)((f.run)(None)));
-            on.push((f.value)((f.run)(Some(&device_thread))));
+            off.push((f.value)((f.run)(shape, None)));
+            on.push((f.value)((f.run)(shape, Some(filters))));
         }
         let (so, sn) = (spread(&off), spread(&on));
         let (mo, mn) = (median(off), median(on));
@@ -242,5 +315,33 @@ fn main() {
             mn / mo
         );
     }
+}
+
+fn main() {
+    let runtime = ThreadFilter::compile(ThreadKind::Runtime, runtime_allowlist())
+        .expect("compiling the runtime's filter");
+    let devices = VmFilters::compile()
+        .expect("compiling the VM's filters")
+        .devices;
+    let device_thread = [runtime, devices];
+    println!(
+        "devices with and without the device thread's seccomp filters, on {}",
+        host()
+    );
+    println!("{ROUNDS} alternating runs each; median, and spread (max-min)/median of each side");
+    let all: Vec<&Figure> = FIGURES.iter().collect();
+    let devices: Vec<&Figure> = FIGURES.iter().filter(|f| f.device).collect();
+    table(
+        "on one thread: device, scripted guest and host side, all confined",
+        Shape::OneThread,
+        &all,
+        &device_thread,
+    );
+    table(
+        "as in a VM: the device thread confined; guest and host side unconfined, polling",
+        Shape::AsInVm,
+        &devices,
+        &device_thread,
+    );
     println!("\non/off: above 1 is faster with seccomp for MiB/s, slower for us and ns");
 }

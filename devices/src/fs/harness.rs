@@ -26,6 +26,7 @@ use vm_memory::ByteValued;
 use vmm_sys_util::tempdir::TempDir;
 
 use super::{CacheMode, FsConfig, FsDevice, FsMetrics};
+use crate::virtio::device_loop::DeviceLoop;
 use crate::virtio::test_utils::{temp_dir, GuestDriver, BUF_SIZE};
 
 pub const HIPRIO_QUEUE: usize = 0;
@@ -129,7 +130,7 @@ pub fn parse_dirents(mut body: &[u8], plus: bool) -> Vec<DirEntry> {
 
 pub struct FsHarness {
     pub drv: GuestDriver,
-    em: EventManager<Arc<Mutex<FsDevice>>>,
+    em: DeviceLoop<Arc<Mutex<FsDevice>>>,
     pub dev: Arc<Mutex<FsDevice>>,
     /// The shared directory.
     pub dir: TempDir,
@@ -171,7 +172,7 @@ impl FsHarness {
         drv.init();
         let mut h = Self {
             drv,
-            em,
+            em: DeviceLoop::new(em),
             dev,
             dir,
             unique: 0,
@@ -202,9 +203,16 @@ impl FsHarness {
         f(&self.dev.lock().unwrap().metrics()).load(Ordering::Relaxed)
     }
 
-    /// Runs the event loop until nothing is ready.
+    /// Runs the event loop until nothing is ready (nothing once the device
+    /// runs on its own thread).
     pub fn pump(&mut self) {
-        while self.em.run_with_timeout(0).unwrap() > 0 {}
+        self.em.pump();
+    }
+
+    /// Runs the device's event loop on a thread of its own, after `confine`
+    /// has run there: requests then only post, kick and poll the used ring.
+    pub fn run_device_on_thread(&mut self, confine: impl FnOnce() + Send + 'static) {
+        self.em.move_to_thread(confine);
     }
 
     pub fn next_unique(&mut self) -> u64 {
@@ -216,8 +224,7 @@ impl FsHarness {
     pub fn send_on(&mut self, q: usize, parts: &[&[u8]], lens: &[u32]) -> Reply {
         let descs = self.drv.add_chain(q, parts, lens).expect("queue full");
         self.drv.kick(q);
-        self.pump();
-        let used = self.drv.take_used(q);
+        let used = self.em.take_used_until(&mut self.drv, q, descs[0]);
         let used_len = used
             .iter()
             .find(|&&(head, _)| head == descs[0])
@@ -242,8 +249,7 @@ impl FsHarness {
     pub fn send_raw(&mut self, q: usize, descs: &[(u64, u32, u16, u16)]) -> u32 {
         let head = self.drv.add_raw(q, descs).expect("queue full");
         self.drv.kick(q);
-        self.pump();
-        let used = self.drv.take_used(q);
+        let used = self.em.take_used_until(&mut self.drv, q, head);
         let found = used.iter().find(|&&(id, _)| id == head);
         found.expect("the device did not return the chain").1
     }

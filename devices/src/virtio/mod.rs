@@ -9,6 +9,8 @@
 //! validated, when the driver sets DRIVER_OK.
 
 mod device;
+#[cfg(any(test, feature = "test-harness"))]
+pub mod device_loop;
 mod interrupt;
 mod mmio;
 mod snapshot;

@@ -24,6 +24,7 @@ pub use super::packet::{
     OP_RW, OP_SHUTDOWN, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
 };
 use super::{VsockConfig, VsockDevice, VsockMetrics, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::virtio::device_loop::DeviceLoop;
 use crate::virtio::test_utils::{temp_dir, GuestDriver};
 
 mod stream;
@@ -100,7 +101,7 @@ impl Hdr {
 
 pub struct Harness {
     pub drv: GuestDriver,
-    em: EventManager<Arc<Mutex<VsockDevice>>>,
+    em: DeviceLoop<Arc<Mutex<VsockDevice>>>,
     pub dev: Arc<Mutex<VsockDevice>>,
     /// The device's host Unix socket.
     pub path: PathBuf,
@@ -145,7 +146,7 @@ impl Harness {
         drv.init();
         Self {
             drv,
-            em,
+            em: DeviceLoop::new(em),
             dev,
             path,
             _dir: dir,
@@ -160,19 +161,33 @@ impl Harness {
         self.dev.lock().unwrap().connection_count()
     }
 
-    /// Runs the event loop until nothing is ready.
+    /// Runs the event loop until nothing is ready (nothing once the device
+    /// runs on its own thread).
     pub fn pump(&mut self) {
-        while self.em.run_with_timeout(0).unwrap() > 0 {}
+        self.em.pump();
     }
 
-    /// Offers every free RX slot as a header + 64 KiB buffer.
+    /// Runs the device's event loop on a thread of its own, after `confine`
+    /// has run there: the guest's calls then only post, kick and poll.
+    pub fn run_device_on_thread(&mut self, confine: impl FnOnce() + Send + 'static) {
+        self.em.move_to_thread(confine);
+    }
+
+    /// Offers every free RX slot as a header + 64 KiB buffer, and kicks
+    /// the device if there was one (a guest that polls for RX calls this
+    /// often, and an empty kick would wake the device each time).
     pub fn fill_rx(&mut self) {
+        let mut offered = false;
         while self
             .drv
             .add_writable(RXQ, &[HDR as u32, MAX_PKT_DATA])
             .is_some()
-        {}
-        self.drv.kick(RXQ);
+        {
+            offered = true;
+        }
+        if offered {
+            self.drv.kick(RXQ);
+        }
         self.pump();
     }
 
@@ -187,24 +202,28 @@ impl Harness {
     /// descriptor: it then runs on into the slot's unused second buffer.
     pub fn send_chain(&mut self, parts: &[Vec<u8>]) {
         let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        if self.drv.add_chain(TXQ, &refs, &[]).is_none() {
-            self.drv.take_used(TXQ);
-            self.drv.add_chain(TXQ, &refs, &[]).unwrap();
-        }
+        let descs = match self.drv.add_chain(TXQ, &refs, &[]) {
+            Some(descs) => descs,
+            None => {
+                self.drv.take_used(TXQ);
+                self.drv.add_chain(TXQ, &refs, &[]).unwrap()
+            }
+        };
         self.drv.kick(TXQ);
-        self.pump();
-        self.drv.take_used(TXQ);
+        self.em.take_used_until(&mut self.drv, TXQ, descs[0]);
     }
 
     pub fn send_raw(&mut self, parts: &[&[u8]]) {
         let parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
-        if self.drv.add_readable(TXQ, &parts).is_none() {
-            self.drv.take_used(TXQ);
-            self.drv.add_readable(TXQ, &parts).unwrap();
-        }
+        let head = match self.drv.add_readable(TXQ, &parts) {
+            Some(head) => head,
+            None => {
+                self.drv.take_used(TXQ);
+                self.drv.add_readable(TXQ, &parts).unwrap()
+            }
+        };
         self.drv.kick(TXQ);
-        self.pump();
-        self.drv.take_used(TXQ);
+        self.em.take_used_until(&mut self.drv, TXQ, head);
     }
 
     /// Every packet the device has put in the RX queue so far.

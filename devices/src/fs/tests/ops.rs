@@ -238,3 +238,21 @@ fn byte_counters_follow_requests_and_replies() {
     assert!(in2 - in1 < 200, "{}", in2 - in1);
     assert_eq!(out2 - out1, 50_000 + 16, "the data and its out header");
 }
+
+#[test]
+fn requests_are_served_by_a_device_loop_on_its_own_thread() {
+    let mut h = FsHarness::new();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 13) as u8).collect();
+    fs::write(h.host("f"), &data).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.run_device_on_thread(move || tx.send(std::thread::current().id()).unwrap());
+    let device_thread = rx.recv().unwrap();
+    assert_ne!(device_thread, std::thread::current().id());
+    let node = h.lookup(ROOT, "f").unwrap().nodeid;
+    assert_eq!(h.getattr(node).unwrap().size, 200_000);
+    let fh = h.open(node, libc::O_RDWR).unwrap();
+    assert_eq!(h.read(node, fh, 1000, 65536).unwrap(), &data[1000..66536]);
+    assert_eq!(h.write(node, fh, 0, b"threaded").unwrap(), 8);
+    assert_eq!(&fs::read(h.host("f")).unwrap()[..8], b"threaded");
+    assert_eq!(h.lookup(ROOT, "missing").unwrap_err(), libc::ENOENT);
+}

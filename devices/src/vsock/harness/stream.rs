@@ -47,6 +47,12 @@ impl GuestStream {
         p
     }
 
+    /// Runs the device on a thread of its own after `confine` has run
+    /// there; the guest and the host side then poll, on this thread.
+    pub fn run_device_on_thread(&mut self, confine: impl FnOnce() + Send + 'static) {
+        self.h.run_device_on_thread(confine);
+    }
+
     fn hdr(&self, op: u16) -> Hdr {
         Hdr {
             buf_alloc: GUEST_BUF,
