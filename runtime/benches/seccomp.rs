@@ -30,12 +30,17 @@ use husk_devices::vsock::harness::GuestStream;
 use husk_runtime::seccomp::runtime_allowlist;
 use husk_vmm::seccomp::{ThreadFilter, ThreadKind, VmFilters};
 
-const ROUNDS: usize = 5;
-const VSOCK_BYTES: usize = 32 << 20;
+// Each run takes 0.1-0.5 s here: shorter ones (a few ms) left spreads of
+// 20-70 % between runs of the same side.
+const ROUNDS: usize = 11;
+const VSOCK_BYTES: usize = 256 << 20;
 const FS_FILE_BYTES: usize = 16 << 20;
+/// Times the fs READ and WRITE figures go over the file in a run.
+const FS_PASSES: usize = 16;
 const FS_CHUNK: usize = 128 << 10;
-const GETATTRS: usize = 20_000;
-const CALLS: u32 = 200_000;
+const GETATTRS: usize = 100_000;
+const ROUND_TRIPS: usize = 10_000;
+const CALLS: u32 = 2_000_000;
 
 /// Builds the work's state on a fresh thread, confines the thread (when a
 /// filter is given), then times the work there.
@@ -115,7 +120,8 @@ fn fs_with_file() -> (FsHarness, u64, u64) {
 
 fn fs_read((mut h, node, fh): (FsHarness, u64, u64)) -> Duration {
     let start = Instant::now();
-    for off in (0..FS_FILE_BYTES).step_by(FS_CHUNK) {
+    for off in (0..FS_FILE_BYTES * FS_PASSES).step_by(FS_CHUNK) {
+        let off = off % FS_FILE_BYTES;
         let data = h.read(node, fh, off as u64, FS_CHUNK as u32).expect("read");
         assert_eq!(data.len(), FS_CHUNK);
     }
@@ -125,7 +131,8 @@ fn fs_read((mut h, node, fh): (FsHarness, u64, u64)) -> Duration {
 fn fs_write((mut h, node, fh): (FsHarness, u64, u64)) -> Duration {
     let chunk = vec![0x11; FS_CHUNK];
     let start = Instant::now();
-    for off in (0..FS_FILE_BYTES).step_by(FS_CHUNK) {
+    for off in (0..FS_FILE_BYTES * FS_PASSES).step_by(FS_CHUNK) {
+        let off = off % FS_FILE_BYTES;
         let n = h.write(node, fh, off as u64, &chunk).expect("write");
         assert_eq!(n as usize, FS_CHUNK);
     }
@@ -219,7 +226,7 @@ const FIGURES: &[Figure] = &[
                 shape,
                 f,
                 || GuestStream::new(1),
-                |s| s.time_round_trip(4096, 2000),
+                |s| s.time_round_trip(4096, ROUND_TRIPS),
             )
         },
         device: true,
@@ -227,14 +234,14 @@ const FIGURES: &[Figure] = &[
     Figure {
         name: "fs READ 128K",
         unit: "MiB/s",
-        value: |d| mib_per_s(FS_FILE_BYTES, d),
+        value: |d| mib_per_s(FS_FILE_BYTES * FS_PASSES, d),
         run: |shape, f| shaped(shape, f, fs_with_file, fs_read),
         device: true,
     },
     Figure {
         name: "fs WRITE 128K",
         unit: "MiB/s",
-        value: |d| mib_per_s(FS_FILE_BYTES, d),
+        value: |d| mib_per_s(FS_FILE_BYTES * FS_PASSES, d),
         run: |shape, f| shaped(shape, f, fs_with_file, fs_write),
         device: true,
     },
@@ -272,11 +279,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The middle half's width (p75 - p25) against the median, in percent:
+/// how far apart two runs of the same side typically are.
 fn spread(v: &[f64]) -> f64 {
-    let (lo, hi) = v
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
-    (hi - lo) / median(v.to_vec()) * 100.0
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: usize| v[(v.len() - 1) * q / 4];
+    (at(3) - at(1)) / at(2) * 100.0
 }
 
 /// The CPU model and count the figures come from.
@@ -328,7 +337,7 @@ fn main() {
         "devices with and without the device thread's seccomp filters, on {}",
         host()
     );
-    println!("{ROUNDS} alternating runs each; median, and spread (max-min)/median of each side");
+    println!("{ROUNDS} alternating runs each; median, and spread (p75-p25)/median of each side");
     let all: Vec<&Figure> = FIGURES.iter().collect();
     let devices: Vec<&Figure> = FIGURES.iter().filter(|f| f.device).collect();
     table(
