@@ -400,7 +400,13 @@ impl Connection {
                     self.credit_requested = true;
                     self.pending |= PEND_CREDIT_REQUEST;
                 }
-                if self.host_hup {
+                // A read that filled the buffer with credit left may have
+                // left more: stay queued and read again for the next
+                // buffer, rather than re-arming epoll (two epoll_ctl calls
+                // per packet) only to be told so. The read that finds the
+                // socket empty ends the burst and re-arms it.
+                let may_have_more = n == max && self.peer_credit() > 0;
+                if self.host_hup || may_have_more {
                     self.pending |= PEND_RW;
                 }
                 Some((OP_RW, 0, n as u32))
