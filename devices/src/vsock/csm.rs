@@ -371,6 +371,14 @@ impl Connection {
         had
     }
 
+    // Owes the guest a CREDIT_REQUEST, unless one is already outstanding.
+    fn request_credit_once(&mut self) {
+        if !self.credit_requested {
+            self.credit_requested = true;
+            self.pending |= PEND_CREDIT_REQUEST;
+        }
+    }
+
     // Reads host data straight into the guest buffer, within the guest's credit.
     fn read_host(&mut self, rx: &mut RxBuffer<'_>) -> Option<(u16, u32, u32)> {
         self.pending &= !PEND_RW;
@@ -379,10 +387,7 @@ impl Connection {
         }
         let credit = self.peer_credit();
         if credit == 0 {
-            if !self.credit_requested {
-                self.credit_requested = true;
-                self.pending |= PEND_CREDIT_REQUEST;
-            }
+            self.request_credit_once();
             return None;
         }
         let max = rx.capacity().min(credit as usize);
@@ -396,16 +401,16 @@ impl Connection {
             }
             Ok(n) => {
                 self.rx_cnt += n as u32;
-                if self.peer_credit() == 0 && !self.credit_requested {
-                    self.credit_requested = true;
-                    self.pending |= PEND_CREDIT_REQUEST;
+                let credit_left = self.peer_credit() > 0;
+                if !credit_left {
+                    self.request_credit_once();
                 }
                 // A read that filled the buffer with credit left may have
                 // left more: stay queued and read again for the next
                 // buffer, rather than re-arming epoll (two epoll_ctl calls
                 // per packet) only to be told so. The read that finds the
                 // socket empty ends the burst and re-arms it.
-                let may_have_more = n == max && self.peer_credit() > 0;
+                let may_have_more = n == max && credit_left;
                 if self.host_hup || may_have_more {
                     self.pending |= PEND_RW;
                 }
