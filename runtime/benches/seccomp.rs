@@ -37,6 +37,8 @@ const VSOCK_BYTES: usize = 256 << 20;
 const FS_FILE_BYTES: usize = 16 << 20;
 /// Times the fs READ and WRITE figures go over the file in a run.
 const FS_PASSES: usize = 16;
+/// Bytes the fs READ and WRITE figures move in a run.
+const FS_RUN_BYTES: usize = FS_FILE_BYTES * FS_PASSES;
 const FS_CHUNK: usize = 128 << 10;
 const GETATTRS: usize = 100_000;
 const ROUND_TRIPS: usize = 10_000;
@@ -118,11 +120,18 @@ fn fs_with_file() -> (FsHarness, u64, u64) {
     (h, node, fh)
 }
 
+/// The file offsets of a run's FS_CHUNK-sized reads or writes: FS_PASSES
+/// times over the file.
+fn fs_run_offsets() -> impl Iterator<Item = u64> {
+    (0..FS_RUN_BYTES)
+        .step_by(FS_CHUNK)
+        .map(|off| (off % FS_FILE_BYTES) as u64)
+}
+
 fn fs_read((mut h, node, fh): (FsHarness, u64, u64)) -> Duration {
     let start = Instant::now();
-    for off in (0..FS_FILE_BYTES * FS_PASSES).step_by(FS_CHUNK) {
-        let off = off % FS_FILE_BYTES;
-        let data = h.read(node, fh, off as u64, FS_CHUNK as u32).expect("read");
+    for off in fs_run_offsets() {
+        let data = h.read(node, fh, off, FS_CHUNK as u32).expect("read");
         assert_eq!(data.len(), FS_CHUNK);
     }
     start.elapsed()
@@ -131,9 +140,8 @@ fn fs_read((mut h, node, fh): (FsHarness, u64, u64)) -> Duration {
 fn fs_write((mut h, node, fh): (FsHarness, u64, u64)) -> Duration {
     let chunk = vec![0x11; FS_CHUNK];
     let start = Instant::now();
-    for off in (0..FS_FILE_BYTES * FS_PASSES).step_by(FS_CHUNK) {
-        let off = off % FS_FILE_BYTES;
-        let n = h.write(node, fh, off as u64, &chunk).expect("write");
+    for off in fs_run_offsets() {
+        let n = h.write(node, fh, off, &chunk).expect("write");
         assert_eq!(n as usize, FS_CHUNK);
     }
     start.elapsed()
@@ -180,15 +188,14 @@ struct Figure {
     /// Turns a run's duration into the figure (higher is better when a rate).
     value: fn(Duration) -> f64,
     run: fn(Shape, Option<&[ThreadFilter]>) -> Duration,
-    /// Whether it drives a device (and so has both shapes).
-    device: bool,
 }
 
 fn mib_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
-const FIGURES: &[Figure] = &[
+/// Figures that drive a device, measured in both shapes.
+const DEVICE_FIGURES: &[Figure] = &[
     Figure {
         name: "vsock host->guest 64K",
         unit: "MiB/s",
@@ -201,7 +208,6 @@ const FIGURES: &[Figure] = &[
                 |s| s.time_to_guest(65536, VSOCK_BYTES),
             )
         },
-        device: true,
     },
     Figure {
         name: "vsock guest->host 64K",
@@ -215,7 +221,6 @@ const FIGURES: &[Figure] = &[
                 |s| s.time_to_host(65536, VSOCK_BYTES),
             )
         },
-        device: true,
     },
     Figure {
         name: "vsock round trip 4K",
@@ -229,35 +234,34 @@ const FIGURES: &[Figure] = &[
                 |s| s.time_round_trip(4096, ROUND_TRIPS),
             )
         },
-        device: true,
     },
     Figure {
         name: "fs READ 128K",
         unit: "MiB/s",
-        value: |d| mib_per_s(FS_FILE_BYTES * FS_PASSES, d),
+        value: |d| mib_per_s(FS_RUN_BYTES, d),
         run: |shape, f| shaped(shape, f, fs_with_file, fs_read),
-        device: true,
     },
     Figure {
         name: "fs WRITE 128K",
         unit: "MiB/s",
-        value: |d| mib_per_s(FS_FILE_BYTES * FS_PASSES, d),
+        value: |d| mib_per_s(FS_RUN_BYTES, d),
         run: |shape, f| shaped(shape, f, fs_with_file, fs_write),
-        device: true,
     },
     Figure {
         name: "fs GETATTR",
         unit: "us",
         value: |d| d.as_secs_f64() * 1e6,
         run: |shape, f| shaped(shape, f, fs_with_file, fs_getattr),
-        device: true,
     },
+];
+
+/// Bare system calls, on one thread only (they have no device to move).
+const SYSCALL_FIGURES: &[Figure] = &[
     Figure {
         name: "syscall getpid",
         unit: "ns",
         value: |d| d.as_secs_f64() * 1e9,
         run: |_, f| on_thread(f, || (), getpid_call),
-        device: false,
     },
     Figure {
         name: "syscall ioctl FIONBIO",
@@ -270,7 +274,6 @@ const FIGURES: &[Figure] = &[
                 fionbio_call,
             )
         },
-        device: false,
     },
 ];
 
@@ -303,7 +306,12 @@ fn host() -> String {
 
 /// Runs each figure ROUNDS times off and on, alternating, in `shape`, and
 /// prints a row per figure.
-fn table(title: &str, shape: Shape, figures: &[&Figure], filters: &[ThreadFilter]) {
+fn table<'a>(
+    title: &str,
+    shape: Shape,
+    figures: impl IntoIterator<Item = &'a Figure>,
+    filters: &[ThreadFilter],
+) {
     println!("\n{title}");
     println!(
         "{:<24} {:>6} {:>11} {:>7} {:>11} {:>7} {:>9}",
@@ -338,18 +346,16 @@ fn main() {
         host()
     );
     println!("{ROUNDS} alternating runs each; median, and spread (p75-p25)/median of each side");
-    let all: Vec<&Figure> = FIGURES.iter().collect();
-    let devices: Vec<&Figure> = FIGURES.iter().filter(|f| f.device).collect();
     table(
         "on one thread: device, scripted guest and host side, all confined",
         Shape::OneThread,
-        &all,
+        DEVICE_FIGURES.iter().chain(SYSCALL_FIGURES),
         &device_thread,
     );
     table(
         "as in a VM: the device thread confined; guest and host side unconfined, polling",
         Shape::AsInVm,
-        &devices,
+        DEVICE_FIGURES,
         &device_thread,
     );
     println!("\non/off: above 1 is faster with seccomp for MiB/s, slower for us and ns");
